@@ -1,0 +1,247 @@
+//! C ABI tests: C programs, built against glibc alone or against the staged
+//! rseqrt, check glibc's rseq ABI (`__rseq_offset`, `__rseq_size`,
+//! `__rseq_flags`) against what the kernel really registered, in each owner
+//! mode. Every scenario runs in its own child process on the real kernel:
+//!
+//!   {plain glibc, plain + LD_PRELOAD=librseqrt.so, linked with rseqrt}
+//! x {default, GLIBC_TUNABLES=glibc.pthread.rseq=0}
+//! x {normal, under norseq_exec (seccomp: rseq answers ENOSYS)}
+//!
+//! The plain-glibc rows are the reference: they need no rseqrt at all and
+//! show what glibc itself does; the rseqrt rows must match the contract.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+use support::{compile, has_copy_reloc, run, stage, CompileSpec};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const WARNINGS: &[&str] = &["-Wall", "-Wextra", "-Werror"];
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Build {
+    /// glibc only, no rseqrt anywhere.
+    Plain,
+    /// The plain program with librseqrt.so preloaded.
+    Preload,
+    /// Built with `pkg-config --cflags --libs rseqrt`.
+    Linked,
+}
+
+fn norseq_exec() -> PathBuf {
+    compile(
+        &CompileSpec::new("norseq_exec", &[support::c_test_source("norseq_exec.c")])
+            .cflags(WARNINGS),
+    )
+}
+
+fn registration_program(build: Build) -> PathBuf {
+    let src = [support::c_test_source("abi_registration.c")];
+    let program = match build {
+        Build::Plain | Build::Preload => compile(
+            &CompileSpec::new("abi_registration_plain", &src)
+                .cflags(WARNINGS)
+                .cflags(&["-pthread"]),
+        ),
+        Build::Linked => {
+            let (cflags, libs) = stage().rseqrt_flags();
+            compile(
+                &CompileSpec::new("abi_registration_linked", &src)
+                    .cflags(WARNINGS)
+                    .cflags(&["-pthread", "-DRSEQRT_LINKED"])
+                    .cflags(&cflags)
+                    .libs(&libs),
+            )
+        }
+    };
+    // Without its own copy of __rseq_offset the program would not test the
+    // hard case (values fixed before any constructor runs).
+    assert!(
+        has_copy_reloc(&program, "__rseq_offset"),
+        "{} has no R_X86_64_COPY relocation for __rseq_offset (readelf -rW): it would not \
+         exercise copy-relocated reads; was it built as -fPIC?",
+        program.display()
+    );
+    program
+}
+
+fn scenario(build: Build, tunable_off: bool, seccomp: bool) {
+    let name = format!(
+        "{:?} / {} / {}",
+        build,
+        if tunable_off {
+            "glibc.pthread.rseq=0"
+        } else {
+            "default tunables"
+        },
+        if seccomp {
+            "under norseq_exec (seccomp)"
+        } else {
+            "normal kernel"
+        }
+    );
+
+    // The contract's expectations: glibc registers unless the tunable says
+    // no; rseqrt adopts glibc's area (LIBC) or registers its own (SELF);
+    // without rseq in the kernel nothing is registered and the owner is NONE.
+    let (registered, owner) = match (build, tunable_off, seccomp) {
+        (_, _, true) => (false, (build != Build::Plain).then_some("0")),
+        (Build::Plain, tunable_off, false) => (!tunable_off, None),
+        (_, false, false) => (true, Some("1")),
+        (_, true, false) => (true, Some("2")),
+    };
+
+    let program = registration_program(build);
+    let preload = match build {
+        Build::Preload => Some(stage().lib("librseqrt.so").display().to_string()),
+        _ => None,
+    };
+
+    let mut env: Vec<(&str, &str)> = vec![(
+        "RSEQRT_EXPECT",
+        if registered {
+            "registered"
+        } else {
+            "unregistered"
+        },
+    )];
+    if let Some(owner) = owner {
+        env.push(("RSEQRT_EXPECT_OWNER", owner));
+    }
+    if tunable_off {
+        env.push(("GLIBC_TUNABLES", "glibc.pthread.rseq=0"));
+    }
+    if let Some(preload) = &preload {
+        env.push(("LD_PRELOAD", preload));
+    }
+
+    let program_s = program.display().to_string();
+    let result = if seccomp {
+        run(&norseq_exec(), &[&program_s], &env, TIMEOUT)
+    } else {
+        run(&program, &[], &env, TIMEOUT)
+    };
+    println!("scenario {name}:\n{result}");
+    assert!(
+        result.success() && result.stdout.contains("PASS abi_registration"),
+        "scenario {name} FAILED\n{result}"
+    );
+    println!("scenario {name}: pass");
+}
+
+macro_rules! scenarios {
+    ($($test:ident: $build:ident, $tunable_off:expr, $seccomp:expr;)*) => {$(
+        #[test]
+        fn $test() {
+            scenario(Build::$build, $tunable_off, $seccomp);
+        }
+    )*};
+}
+
+scenarios! {
+    plain_default: Plain, false, false;
+    plain_tunable_off: Plain, true, false;
+    plain_default_seccomp: Plain, false, true;
+    plain_tunable_off_seccomp: Plain, true, true;
+    preload_default: Preload, false, false;
+    preload_tunable_off: Preload, true, false;
+    preload_default_seccomp: Preload, false, true;
+    preload_tunable_off_seccomp: Preload, true, true;
+    linked_default: Linked, false, false;
+    linked_tunable_off: Linked, true, false;
+    linked_default_seccomp: Linked, false, true;
+    linked_tunable_off_seccomp: Linked, true, true;
+}
+
+/// The harness's own premise: norseq_exec really takes rseq away. A plain
+/// glibc program that expects registration must fail under it.
+#[test]
+fn norseq_exec_removes_rseq() {
+    let program = registration_program(Build::Plain).display().to_string();
+    let result = run(
+        &norseq_exec(),
+        &[&program],
+        &[("RSEQRT_EXPECT", "registered")],
+        TIMEOUT,
+    );
+    assert!(
+        !result.success() && result.stdout.contains("FAIL __rseq_size 0 >= 20"),
+        "expected a registration failure under norseq_exec\n{result}"
+    );
+}
+
+fn copy_relocations(build: Build) {
+    let program = registration_program(build);
+    for sym in ["__rseq_offset", "__rseq_size", "__rseq_flags"] {
+        assert!(
+            has_copy_reloc(&program, sym),
+            "{}: no COPY relocation for {sym}",
+            program.display()
+        );
+    }
+}
+
+#[test]
+fn plain_program_has_copy_relocations() {
+    copy_relocations(Build::Plain);
+}
+
+#[test]
+fn linked_program_has_copy_relocations() {
+    copy_relocations(Build::Linked);
+}
+
+/// `<rseqrt.h>` as installed: strict C11 and C++17, alone and after glibc's
+/// `<sys/rseq.h>`; linked and run, so C++ also proves C linkage.
+fn header(cxx: bool, sys_rseq_first: bool) {
+    let stage = stage();
+    let (cflags, libs) = stage.rseqrt_flags();
+    let name = format!(
+        "abi_header_{}{}",
+        if cxx { "cxx17" } else { "c11" },
+        if sys_rseq_first {
+            "_after_sys_rseq"
+        } else {
+            ""
+        }
+    );
+    let mut spec = CompileSpec::new(&name, &[support::c_test_source("abi_header.c")])
+        .cflags(&[if cxx { "-std=c++17" } else { "-std=c11" }, "-pedantic"])
+        .cflags(WARNINGS)
+        .cflags(&cflags)
+        .libs(&libs);
+    if sys_rseq_first {
+        spec = spec.cflags(&["-DSYS_RSEQ_FIRST"]);
+    }
+    if cxx {
+        spec = spec.cxx();
+    }
+    let program = compile(&spec);
+    let result = run(&program, &[], &[], TIMEOUT);
+    println!("{name}:\n{result}");
+    assert!(
+        result.success() && result.stdout.contains("header ok"),
+        "{name} FAILED\n{result}"
+    );
+}
+
+#[test]
+fn header_c11() {
+    header(false, false);
+}
+
+#[test]
+fn header_c11_after_sys_rseq() {
+    header(false, true);
+}
+
+#[test]
+fn header_cxx17() {
+    header(true, false);
+}
+
+#[test]
+fn header_cxx17_after_sys_rseq() {
+    header(true, true);
+}
