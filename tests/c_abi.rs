@@ -245,3 +245,95 @@ fn header_cxx17() {
 fn header_cxx17_after_sys_rseq() {
     header(true, true);
 }
+
+/// Macros that `<rseqrt.h>` adds to what the C library's own headers
+/// (including glibc's `<sys/rseq.h>`) already define: each must be ours,
+/// `RSEQRT_`/`rseqrt_`, so that including it cannot clash with other code.
+#[test]
+fn header_macros_are_prefixed() {
+    let stage = stage();
+    let macros = |extra: &str| -> std::collections::BTreeSet<String> {
+        let src = support::tests_build_dir().join(format!("macros{extra}.c"));
+        let mut text =
+            String::from("#include <stddef.h>\n#include <stdint.h>\n#include <sys/rseq.h>\n");
+        text.push_str(extra);
+        std::fs::write(&src, text).unwrap();
+        let out = support::c_compiler()
+            .arg("-E")
+            .arg("-dM")
+            .arg(format!("-I{}", stage.include_dir.display()))
+            .arg(&src)
+            .output()
+            .expect("run the preprocessor");
+        assert!(
+            out.status.success(),
+            "preprocessing failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("#define ")?
+                    .split(|c| c == ' ' || c == '(')
+                    .next()
+                    .map(String::from)
+            })
+            .collect()
+    };
+    let base = macros("");
+    let with = macros("#include <rseqrt.h>\n");
+    let foreign: Vec<&String> = with
+        .difference(&base)
+        .filter(|m| !m.starts_with("RSEQRT_") && !m.starts_with("rseqrt_"))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "<rseqrt.h> defines macros outside RSEQRT_/rseqrt_: {foreign:?}"
+    );
+}
+
+/// Every dynamic symbol that librseqrt.so defines is ours or one of glibc's
+/// three rseq names (version nodes, shown as absolute symbols, excepted).
+#[test]
+fn library_exports_only_prefixed_symbols() {
+    let lib = stage().lib("librseqrt.so");
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&lib)
+        .output()
+        .expect("run nm");
+    assert!(out.status.success(), "nm -D {} failed", lib.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let foreign: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 2 && f[f.len() - 2] != "A").then(|| *f.last().unwrap())
+        })
+        .map(|name| name.split('@').next().unwrap())
+        .filter(|name| {
+            !name.starts_with("rseqrt_")
+                && !name.starts_with("RSEQRT_")
+                && !["__rseq_offset", "__rseq_size", "__rseq_flags"].contains(name)
+        })
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "{} exports foreign symbols: {foreign:?}",
+        lib.display()
+    );
+    for want in [
+        "rseqrt_owner",
+        "__rseq_offset",
+        "__rseq_size",
+        "__rseq_flags",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().last().map(|n| n.split('@').next())
+                    == Some(Some(want))),
+            "{} does not export {want}",
+            lib.display()
+        );
+    }
+}
