@@ -1,0 +1,375 @@
+/* crash_stale: a thread is left with a stale rseq_cs that refers to memory the
+ * main thread then frees; the thread then returns to user space.
+ *
+ *   crash_stale KIND THREAD METHOD PLUGIN_DIR
+ *
+ * KIND (what is freed):
+ *   dlclose      dlclose() of plugin_counter.so, which holds descriptor and code
+ *   dlclose-dep  dlclose() of plugin_dep_top.so, which unloads plugin_dep_lib.so,
+ *                which holds descriptor and code
+ *   munmap-desc  munmap() of an anonymous page holding the descriptor
+ *   munmap-jit   munmap() of an executable page holding a copy of the code
+ *                (the descriptor lives in this program's .data)
+ * THREAD (the stale thread, which runs the critical section once, then...):
+ *   read         ...blocks in read() on a pipe
+ *   spin         ...spins in user space (no system call) until the memory is freed,
+ *                then sleeps in 1 ms steps for 100 ms
+ *   sigblock     blocks every signal (sigfillset + pthread_sigmask), then as read
+ *   timer        a glibc helper thread: a SIGEV_THREAD timer callback, then as read
+ * METHOD (how the main thread frees):
+ *   plain        dlclose()/munmap() (the harness may LD_PRELOAD librseqrt_preload.so:
+ *                METHOD preload is the same call, and checks that the call is
+ *                interposed by an rseqrt object)
+ *   preload      as plain, after checking the interposition
+ *   rseqrt       rseqrt_dlclose()/rseqrt_munmap() (only when built with -DWITH_RSEQRT)
+ *
+ * After freeing, the main thread wakes the stale thread and waits (up to 5 s)
+ * for it to finish. Exit status: 0 survived; the kernel's SIGSEGV for a stale
+ * rseq_cs; 2 usage/setup error; 3 the stale thread has no registered rseq area
+ * (nothing to demonstrate); 4 the free call failed; 5 timeout; 6 the library was
+ * not actually unloaded; 7 the critical section miscounted; 8 preload not in
+ * effect; 10 a genuine memory fault (see crash_common.h); 9 inconclusive: the
+ * stale thread's rseq_cs was already 0 when the free started, or (plain method, spinning thread) its kernel cleared it while the
+ * free was in progress; the harness runs the scenario again. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crash_common.h"
+#include "rseq_cs.h"
+#ifdef WITH_RSEQRT
+#include <rseqrt.h>
+#endif
+
+enum kind { K_DLCLOSE, K_DLCLOSE_DEP, K_MUNMAP_DESC, K_MUNMAP_JIT };
+enum thr { T_READ, T_SPIN, T_SIGBLOCK, T_TIMER };
+enum method { M_PLAIN, M_PRELOAD, M_RSEQRT };
+
+static enum kind kind;
+static enum thr thr;
+static enum method method;
+
+static long counters[4096];
+static int (*cs_fn)(long *);            /* runs one critical section */
+static void *handle;                    /* dlclose kinds */
+static char lib_path[4096], dep_path[4096];
+static void *page;                      /* munmap kinds */
+static size_t page_size;
+static struct rseq_cs_desc jit_desc;    /* munmap-jit: descriptor in .data */
+
+static int wake_pipe[2];
+static atomic_int ready, freed, done;
+static atomic_int spin_state;           /* spin: 0 idle, 1 thread in a CS, 2 main is freeing */
+static atomic_int cleared_during_free;
+static struct rseq_cs_area *_Atomic stale_area;
+static atomic_int thread_status;        /* non-zero: exit code the main thread should use */
+static int seen_cpu = -1;
+static uint64_t seen_rseq_cs;
+static int seen_blocks_rt = -1;
+
+static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stdout, fmt, ap);
+    va_end(ap);
+    fputc('\n', stdout);
+    fflush(stdout);
+    _exit(code);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static int cs_munmap_desc(long *c)
+{
+    return rseq_cs_run(c, (const struct rseq_cs_desc *)page, rseq_cs_own_code());
+}
+
+static int cs_munmap_jit(long *c)
+{
+    return rseq_cs_run(c, &jit_desc, page);
+}
+
+/* The stale thread's work (also the body of the timer callback). */
+static void stale_body(void)
+{
+    if (thr == T_SIGBLOCK) {
+        sigset_t all;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, NULL);
+    }
+    {
+        sigset_t cur;
+        pthread_sigmask(SIG_BLOCK, NULL, &cur);
+        seen_blocks_rt = sigismember(&cur, SIGRTMAX - 1) == 1;
+    }
+    if (!rseq_cs_registered()) {
+        /* glibc's helper thread under glibc.pthread.rseq=0: glibc does not register
+         * it; a program that wants rseq there registers it itself. */
+        int (*reg)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "rseqrt_register_current_thread");
+        if (reg && reg() != 0)
+            printf("stale thread: rseqrt_register_current_thread: %s\n", strerror(errno));
+        else if (reg)
+            printf("stale thread: registered with rseqrt_register_current_thread()\n");
+    }
+    if (thr == T_SPIN) {
+        /* Keep the spinner on its own cpu, away from the main thread, so that
+         * nothing preempts it between its critical section and the free. */
+        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+        if (ncpu > 1) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(1, &set);
+            pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+        }
+    }
+    atomic_store(&stale_area, rseq_cs_area());
+    int cpu = cs_fn(counters);
+    seen_rseq_cs = rseq_cs_current();
+    seen_cpu = cpu;
+    if (cpu < 0) {
+        atomic_store(&thread_status, 3);
+    } else if (counters[cpu] != 1) {
+        atomic_store(&thread_status, 7);
+    }
+    atomic_store(&ready, 1);
+    if (atomic_load(&thread_status))
+        return;
+    if (thr == T_SPIN) {
+        /* Spin in user space. If the kernel clears rseq_cs before the main
+         * thread starts freeing (a preemption), run the critical section again
+         * so that the pointer is stale when the free starts. */
+        while (!atomic_load_explicit(&freed, memory_order_relaxed)) {
+            if (rseq_cs_current() == 0) {
+                int expect = 0;
+                if (atomic_compare_exchange_strong(&spin_state, &expect, 1)) {
+                    cs_fn(counters);
+                    atomic_store(&spin_state, 0);
+                } else if (expect == 2) {
+                    atomic_store(&cleared_during_free, 1);
+                }
+            }
+            __builtin_ia32_pause();
+        }
+        for (int i = 0; i < 100; i++)
+            sleep_ms(1);
+    } else {
+        char b;
+        while (read(wake_pipe[0], &b, 1) < 0 && errno == EINTR)
+            ;
+    }
+    atomic_store(&done, 1);
+}
+
+static void *thread_main(void *arg)
+{
+    (void)arg;
+    stale_body();
+    return NULL;
+}
+
+static void timer_cb(union sigval sv)
+{
+    (void)sv;
+    stale_body();
+}
+
+static void prepare(const char *dir)
+{
+    page_size = (size_t)sysconf(_SC_PAGESIZE);
+    switch (kind) {
+    case K_DLCLOSE:
+    case K_DLCLOSE_DEP: {
+        const char *top = kind == K_DLCLOSE ? "plugin_counter.so" : "plugin_dep_top.so";
+        const char *sym = kind == K_DLCLOSE ? "plugin_inc" : "plugin_dep_inc";
+        snprintf(lib_path, sizeof lib_path, "%s/%s", dir, top);
+        snprintf(dep_path, sizeof dep_path, "%s/plugin_dep_lib.so", dir);
+        handle = dlopen(lib_path, RTLD_NOW | RTLD_LOCAL);
+        if (!handle)
+            die(2, "dlopen %s: %s", lib_path, dlerror());
+        cs_fn = (int (*)(long *))dlsym(handle, sym);
+        if (!cs_fn)
+            die(2, "dlsym %s: %s", sym, dlerror());
+        break;
+    }
+    case K_MUNMAP_DESC:
+        page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (page == MAP_FAILED)
+            die(2, "mmap: %s", strerror(errno));
+        memcpy(page, rseq_cs_own_desc(), sizeof(struct rseq_cs_desc));
+        cs_fn = cs_munmap_desc;
+        break;
+    case K_MUNMAP_JIT: {
+        struct rseq_cs_layout l = rseq_cs_layout();
+        page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (page == MAP_FAILED)
+            die(2, "mmap: %s", strerror(errno));
+        memcpy(page, rseq_cs_own_code(), l.size);
+        if (mprotect(page, page_size, PROT_READ | PROT_EXEC) != 0)
+            die(2, "mprotect: %s", strerror(errno));
+        rseq_cs_describe(&jit_desc, page);
+        cs_fn = cs_munmap_jit;
+        break;
+    }
+    }
+}
+
+static const char *provider(const char *name)
+{
+    Dl_info info;
+    void *f = dlsym(RTLD_DEFAULT, name);
+    if (!f || !dladdr(f, &info) || !info.dli_fname)
+        return "?";
+    return info.dli_fname;
+}
+
+static void free_memory(void)
+{
+    int rc = 0;
+    const char *what = kind == K_DLCLOSE || kind == K_DLCLOSE_DEP ? "dlclose" : "munmap";
+    if (method == M_PRELOAD && !strstr(provider(what), "rseqrt"))
+        die(8, "preload: %s is provided by %s, not by an rseqrt object", what, provider(what));
+    if (method == M_RSEQRT) {
+#ifdef WITH_RSEQRT
+        if (handle)
+            rc = rseqrt_dlclose(handle);
+        else
+            rc = rseqrt_munmap(page, page_size);
+#endif
+    } else {
+        if (handle)
+            rc = dlclose(handle);
+        else
+            rc = munmap(page, page_size);
+    }
+    if (rc != 0)
+        die(4, "%s%s failed: %s", method == M_RSEQRT ? "rseqrt_" : "", what,
+            handle ? dlerror() : strerror(errno));
+    if (handle) {
+        /* The test is meaningful only if the object holding the descriptor is gone. */
+        const char *holder = kind == K_DLCLOSE ? lib_path : dep_path;
+        void *h = dlopen(holder, RTLD_NOW | RTLD_NOLOAD);
+        if (h)
+            die(6, "%s is still loaded after dlclose", holder);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static const char *kinds[] = {"dlclose", "dlclose-dep", "munmap-desc", "munmap-jit"};
+    static const char *thrs[] = {"read", "spin", "sigblock", "timer"};
+    static const char *methods[] = {"plain", "preload", "rseqrt"};
+    int k = -1, t = -1, m = -1;
+
+    crash_setup();
+
+    if (argc == 5) {
+        for (int i = 0; i < 4; i++) {
+            if (!strcmp(argv[1], kinds[i])) k = i;
+            if (!strcmp(argv[2], thrs[i])) t = i;
+            if (i < 3 && !strcmp(argv[3], methods[i])) m = i;
+        }
+    }
+    if (k < 0 || t < 0 || m < 0)
+        die(2, "usage: %s dlclose|dlclose-dep|munmap-desc|munmap-jit read|spin|sigblock|timer "
+               "plain|preload|rseqrt PLUGIN_DIR", argv[0]);
+    kind = k, thr = t, method = m;
+#ifndef WITH_RSEQRT
+    if (method == M_RSEQRT)
+        die(2, "method rseqrt needs the program built with -DWITH_RSEQRT -lrseqrt");
+#endif
+
+    int (*owner)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "rseqrt_owner");
+    printf("%s %s %s: __rseq_offset=%td rseqrt_owner=%d main cpu_id=%d\n", argv[1], argv[2],
+           argv[3], __rseq_offset, owner ? owner() : -1, (int32_t)rseq_cs_area()->cpu_id);
+
+    prepare(argv[4]);
+    if (pipe(wake_pipe) != 0)
+        die(2, "pipe: %s", strerror(errno));
+
+    pthread_t tid;
+    timer_t timer;
+    if (thr == T_TIMER) {
+        struct sigevent sev;
+        memset(&sev, 0, sizeof sev);
+        sev.sigev_notify = SIGEV_THREAD;
+        sev.sigev_notify_function = timer_cb;
+        if (timer_create(CLOCK_MONOTONIC, &sev, &timer) != 0)
+            die(2, "timer_create: %s", strerror(errno));
+        struct itimerspec its = {{0, 0}, {0, 1000000}};
+        if (timer_settime(timer, 0, &its, NULL) != 0)
+            die(2, "timer_settime: %s", strerror(errno));
+    } else if ((errno = pthread_create(&tid, NULL, thread_main, NULL)) != 0) {
+        die(2, "pthread_create: %s", strerror(errno));
+    }
+
+    /* Wait for the critical section without sleeping: a spinning stale thread
+     * keeps its CPU and its stale pointer. */
+    double t0 = now_s();
+    while (!atomic_load(&ready)) {
+        if (now_s() - t0 > 5)
+            die(5, "timeout waiting for the stale thread");
+        __builtin_ia32_pause();
+    }
+    if (atomic_load(&thread_status) == 3)
+        die(3, "stale thread has no registered rseq area (cpu_id < 0): nothing to demonstrate");
+    if (atomic_load(&thread_status))
+        die(atomic_load(&thread_status), "critical section miscounted (cpu %d)", seen_cpu);
+
+    if (thr == T_SPIN) {
+        int expect = 0;
+        while (!atomic_compare_exchange_weak(&spin_state, &expect, 2))
+            expect = 0;
+    }
+    uint64_t at_free = __atomic_load_n(&atomic_load(&stale_area)->rseq_cs, __ATOMIC_SEQ_CST);
+    if (at_free == 0)
+        die(9, "inconclusive: the stale thread's rseq_cs is already 0 when the free starts");
+
+    free_memory();
+
+    printf("stale thread: cpu %d, rseq_cs %#llx after its critical section, blocks SIGRTMAX-1: %s; "
+           "freed with %s\n",
+           seen_cpu, (unsigned long long)seen_rseq_cs, seen_blocks_rt ? "yes" : "no", argv[3]);
+    atomic_store(&freed, 1);
+    if (write(wake_pipe[1], "x", 1) != 1)
+        die(2, "write: %s", strerror(errno));
+    t0 = now_s();
+    while (!atomic_load(&done)) {
+        if (now_s() - t0 > 5)
+            die(5, "timeout waiting for the stale thread to finish");
+        sleep_ms(1);
+    }
+    if (thr != T_TIMER)
+        pthread_join(tid, NULL);
+    else
+        sleep_ms(10);
+    if (method == M_PLAIN && atomic_load(&cleared_during_free))
+        die(9, "inconclusive: the spinning thread's rseq_cs was cleared by its kernel during the "
+               "plain free (preempted)");
+    printf("survived\n");
+    return 0;
+}
