@@ -1,0 +1,85 @@
+# rseqrt: build, test and install the C library (and the Rust crate it is made from).
+#
+#   make                      build build/lib/librseqrt.so.0, librseqrt.a, librseqrt_preload.so, rseqrt.pc
+#   make check                every test: Rust unit and integration tests, the C ABI and crash suites,
+#                             and the check that generated files match their sources
+#   make install PREFIX=/usr/local [DESTDIR=...]
+#   make generate             regenerate src/abi/linux_rseq.rs and include/rseqrt.h
+#   make bench                benchmarks; results under docs/bench/
+
+VERSION   := 0.1.0
+SOVERSION := 0
+PREFIX    ?= /usr/local
+LIBDIR    ?= $(PREFIX)/lib
+INCDIR    ?= $(PREFIX)/include
+BINDIR    ?= $(PREFIX)/bin
+CARGO     ?= cargo
+CC        ?= cc
+B         := build
+RUST_A    := target/release/librseqrt.a
+SO        := $(B)/lib/librseqrt.so.$(VERSION)
+PRELOAD   := $(B)/lib/librseqrt_preload.so
+STAGE     := $(CURDIR)/$(B)/stage
+
+.PHONY: all check install stage generate check-generated bench clean FORCE
+
+all: $(SO) $(B)/lib/librseqrt.a $(PRELOAD) $(B)/rseqrt.pc
+
+# Cargo decides what is stale; FORCE makes make ask it every time.
+$(RUST_A): FORCE
+	$(CARGO) build --release --features c-library -p rseqrt
+
+# The shared library is linked from the static one so that our version script (with glibc's
+# version nodes) is the only one; --whole-archive keeps the relocation-time hook in .init_array.
+$(SO): $(RUST_A) rseqrt.map
+	@mkdir -p $(B)/lib
+	$(CC) -shared -o $@ -Wl,--whole-archive $(RUST_A) -Wl,--no-whole-archive \
+	  -Wl,-soname,librseqrt.so.$(SOVERSION) -Wl,--version-script=rseqrt.map \
+	  -Wl,-z,now -Wl,-z,relro -Wl,--gc-sections -Wl,--no-undefined -lpthread -ldl -lc
+	ln -sf librseqrt.so.$(VERSION) $(B)/lib/librseqrt.so.$(SOVERSION)
+	ln -sf librseqrt.so.$(SOVERSION) $(B)/lib/librseqrt.so
+
+$(B)/lib/librseqrt.a: $(RUST_A)
+	@mkdir -p $(B)/lib
+	cp $< $@
+
+$(PRELOAD): $(SO) FORCE
+	RSEQRT_LIB_DIR=$(CURDIR)/$(B)/lib $(CARGO) build --release -p rseqrt-preload
+	cp target/release/librseqrt_preload.so $@
+
+$(B)/rseqrt.pc: rseqrt.pc.in Makefile
+	@mkdir -p $(B)
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCDIR@|$(INCDIR)|; s|@VERSION@|$(VERSION)|' $< > $@
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)
+	install -m 755 $(SO) $(DESTDIR)$(LIBDIR)/
+	ln -sf librseqrt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/librseqrt.so.$(SOVERSION)
+	ln -sf librseqrt.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/librseqrt.so
+	install -m 644 $(B)/lib/librseqrt.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(PRELOAD) $(DESTDIR)$(LIBDIR)/
+	install -m 644 include/rseqrt.h $(DESTDIR)$(INCDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCDIR@|$(INCDIR)|; s|@VERSION@|$(VERSION)|' \
+	  rseqrt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/rseqrt.pc
+
+# What the test suites compile and run against: a real installation, in build/stage.
+stage:
+	$(MAKE) --no-print-directory install PREFIX=$(STAGE) DESTDIR=
+
+generate:
+	$(CARGO) run --release -q -p rseqrt-gen -- write
+
+check-generated:
+	$(CARGO) run --release -q -p rseqrt-gen -- check
+
+check: stage check-generated
+	$(CARGO) test --release --workspace --exclude rseqrt-preload --exclude rseqrt-gen -- --test-threads=1
+
+bench: stage
+	$(CARGO) run --release -q -p rseqrt-cli -- bench
+
+clean:
+	$(CARGO) clean
+	rm -rf $(B)
+
+FORCE:

@@ -1,0 +1,195 @@
+//! All of rseqrt's assembly, for x86-64 Linux: raw system calls, the thread pointer, the
+//! library's initial-exec TLS block, the storage behind glibc's three rseq exports, and the
+//! relocation-time hook that fills those exports before any copy relocation reads them.
+//!
+//! Everything here is async-signal-safe and allocation-free: each function is a handful of
+//! instructions with no calls.
+
+use core::arch::{asm, global_asm};
+
+/// Signature that precedes every abort handler; glibc and the kernel selftests use the same value.
+pub const RSEQ_SIG: u32 = 0x5305_3053;
+
+/// Length reserved for rseqrt's own rseq area in TLS; also its alignment.
+pub const TLS_AREA_RESERVED: usize = 64;
+
+// The TLS block: rseqrt's own rseq area (used when rseqrt owns registration) and the thread's
+// registry slot. `cpu_id` starts at RSEQ_CPU_ID_REGISTRATION_FAILED (-2), so a thread that was
+// never registered reads "registration failed", as in glibc's unregistered area.
+//
+// The exported glibc variables live here too: each exported name is a second label on hidden
+// storage, so rseqrt's own code writes its definition directly (never through a GOT entry that
+// may point at an executable's copy).
+global_asm!(
+    ".pushsection .tdata.rseqrt,\"awT\",@progbits",
+    ".p2align 6",
+    ".globl rseqrt_tls_area",
+    ".hidden rseqrt_tls_area",
+    ".type rseqrt_tls_area,@object",
+    ".size rseqrt_tls_area,64",
+    "rseqrt_tls_area:",
+    ".long 0",          // cpu_id_start
+    ".long -2",         // cpu_id: RSEQ_CPU_ID_REGISTRATION_FAILED
+    ".quad 0",          // rseq_cs
+    ".long 0",          // flags
+    ".long 0",          // node_id
+    ".long 0",          // mm_cid
+    ".zero 36",
+    ".globl rseqrt_tls_slot",
+    ".hidden rseqrt_tls_slot",
+    ".type rseqrt_tls_slot,@object",
+    ".size rseqrt_tls_slot,8",
+    "rseqrt_tls_slot:",
+    ".quad 0",
+    ".popsection",
+    ".pushsection .data.rseqrt_exports,\"aw\",@progbits",
+    ".p2align 3",
+    ".globl rseqrt_export_offset",
+    ".hidden rseqrt_export_offset",
+    ".globl __rseq_offset",
+    ".type __rseq_offset,@object",
+    ".size __rseq_offset,8",
+    "rseqrt_export_offset:",
+    "__rseq_offset:",
+    ".quad 0",
+    ".globl rseqrt_export_size",
+    ".hidden rseqrt_export_size",
+    ".globl __rseq_size",
+    ".type __rseq_size,@object",
+    ".size __rseq_size,4",
+    "rseqrt_export_size:",
+    "__rseq_size:",
+    ".long 0",
+    ".globl rseqrt_export_flags",
+    ".hidden rseqrt_export_flags",
+    ".globl __rseq_flags",
+    ".type __rseq_flags,@object",
+    ".size __rseq_flags,4",
+    "rseqrt_export_flags:",
+    "__rseq_flags:",
+    ".long 0",
+    ".popsection",
+    options(att_syntax)
+);
+
+// Relocation-time hook. A local IFUNC symbol whose address sits in .init_array gets an
+// R_X86_64_IRELATIVE relocation: the dynamic linker calls the resolver (`crate::early::resolve`)
+// while relocating this object, which is before it relocates the executable (and so before any
+// R_X86_64_COPY of __rseq_offset is taken), and stores the function it returns in .init_array,
+// so that function then runs as this object's constructor.
+global_asm!(
+    ".pushsection .text.rseqrt_early,\"ax\",@progbits",
+    ".set rseqrt_early_ifunc,{resolve}",
+    ".type rseqrt_early_ifunc,@gnu_indirect_function",
+    ".popsection",
+    ".pushsection .init_array,\"aw\",@init_array",
+    ".p2align 3",
+    ".quad rseqrt_early_ifunc",
+    ".popsection",
+    resolve = sym crate::early::resolve,
+    options(att_syntax)
+);
+
+extern "C" {
+    static mut rseqrt_export_offset: isize;
+    static mut rseqrt_export_size: u32;
+    static mut rseqrt_export_flags: u32;
+}
+
+/// Pointers to rseqrt's own definitions of `__rseq_offset`, `__rseq_size`, `__rseq_flags`.
+#[inline(always)]
+pub fn export_storage() -> (*mut isize, *mut u32, *mut u32) {
+    (
+        core::ptr::addr_of_mut!(rseqrt_export_offset),
+        core::ptr::addr_of_mut!(rseqrt_export_size),
+        core::ptr::addr_of_mut!(rseqrt_export_flags),
+    )
+}
+
+/// The thread pointer (`%fs` base), which on x86-64 points at itself.
+#[inline(always)]
+pub fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: %fs:0 holds the TCB's self pointer on x86-64 Linux for every thread that has TLS,
+    // which is every thread a C library creates; reading it has no side effect.
+    unsafe { asm!("movq %fs:0, {}", out(reg) tp, options(att_syntax, nostack, readonly, preserves_flags)) };
+    tp
+}
+
+/// Offset of rseqrt's TLS rseq area from the thread pointer (negative: TLS variant II).
+/// Constant for the life of the process once this object is loaded.
+#[inline(always)]
+pub fn tls_area_offset() -> isize {
+    let off: isize;
+    // SAFETY: loads the GOT entry that the dynamic linker (or the static linker) filled with the
+    // initial-exec TLS offset of `rseqrt_tls_area`; the entry is read-only data.
+    unsafe {
+        asm!("movq rseqrt_tls_area@GOTTPOFF(%rip), {}", out(reg) off,
+             options(att_syntax, nostack, readonly, preserves_flags))
+    };
+    off
+}
+
+/// Address of the calling thread's registry slot word in TLS.
+#[inline(always)]
+pub fn tls_slot() -> *mut u64 {
+    let off: isize;
+    // SAFETY: as in `tls_area_offset`, for `rseqrt_tls_slot`.
+    unsafe {
+        asm!("movq rseqrt_tls_slot@GOTTPOFF(%rip), {}", out(reg) off,
+             options(att_syntax, nostack, readonly, preserves_flags))
+    };
+    (thread_pointer() as isize + off) as *mut u64
+}
+
+/// Raw system call with up to six arguments. Returns the kernel's value: negative errno on error.
+/// Never touches `errno`, never calls into the C library: safe in a signal handler, in an IFUNC
+/// resolver, and under `munmap`.
+#[inline(always)]
+pub unsafe fn syscall6(nr: i64, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6: usize) -> isize {
+    let ret: isize;
+    // SAFETY: the caller guarantees the arguments are valid for system call `nr`; the kernel
+    // clobbers only rcx and r11 besides rax.
+    unsafe {
+        asm!("syscall",
+             inlateout("rax") nr as isize => ret,
+             in("rdi") a1, in("rsi") a2, in("rdx") a3, in("r10") a4, in("r8") a5, in("r9") a6,
+             lateout("rcx") _, lateout("r11") _,
+             options(nostack, preserves_flags))
+    };
+    ret
+}
+
+// Entry points that interpose C library functions under the library's own symbol versions, so
+// that both programs linked against glibc 2.36 (which reference e.g. `pthread_create@GLIBC_2.34`)
+// and older ones (`@GLIBC_2.2.5`) reach rseqrt's definition. Each is a jump to the Rust
+// implementation; `.symver` must name a symbol of this same object, hence the thunks. Built only
+// for the C library (`c-library` feature), whose link supplies the version nodes.
+#[cfg(feature = "c-library")]
+macro_rules! interpose {
+    ($($target:literal => [$(($tag:literal, $version:literal)),+]),+ $(,)?) => {
+        global_asm!(
+            ".pushsection .text.rseqrt_interpose,\"ax\",@progbits",
+            $($(
+                concat!(".globl rseqrt_thunk_", $target, "_", $tag),
+                concat!(".type rseqrt_thunk_", $target, "_", $tag, ",@function"),
+                concat!("rseqrt_thunk_", $target, "_", $tag, ":"),
+                concat!("jmp rseqrt_interpose_", $target),
+                concat!(".symver rseqrt_thunk_", $target, "_", $tag, ",", $target, $version),
+            )+)+
+            ".popsection",
+            options(att_syntax)
+        );
+    };
+}
+
+#[cfg(feature = "c-library")]
+interpose! {
+    "pthread_create" => [("v2_34", "@@GLIBC_2.34"), ("v2_2_5", "@GLIBC_2.2.5")],
+    "pthread_sigmask" => [("v2_32", "@@GLIBC_2.32"), ("v2_2_5", "@GLIBC_2.2.5")],
+    "sigprocmask" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "sigaction" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "sigwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "sigwaitinfo" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "sigtimedwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
+}

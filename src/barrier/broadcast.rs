@@ -1,0 +1,32 @@
+//! Threads the registry does not know: glibc's own helper threads (a `SIGEV_THREAD` timer
+//! callback, for instance) are created inside the C library, never pass through rseqrt's
+//! `pthread_create`, and block every signal except glibc's internal ones. When glibc owns rseq
+//! registration they are registered, so they can hold a stale `rseq_cs`.
+//!
+//! They are reached the way glibc reaches every thread it created: `setresuid(-1, -1, -1)`
+//! changes nothing but makes glibc send its internal SIGSETXID to every one of its threads and
+//! wait until each has run the handler. Each delivery makes that thread's own kernel process its
+//! `rseq_cs` first, which is the proof the barrier needs.
+//!
+//! Guarantees: malloc-free, but NOT async-signal-safe (glibc takes its thread-list lock), so the
+//! barrier skips this step, and fails instead, when called with `RSEQRT_CLEAR_SIGNAL_SAFE`.
+
+use crate::platform::{self, Errno};
+use crate::registry;
+
+/// Whether the process has threads rseqrt did not start or adopt.
+pub fn unknown_threads_exist() -> bool {
+    // Unknown when /proc is unreadable: assume the worst.
+    platform::thread_count().map_or(true, |n| n > registry::known_threads())
+}
+
+/// Makes every thread glibc created take a signal and waits until each has.
+pub fn reach_every_libc_thread() -> Result<(), Errno> {
+    // SAFETY: setresuid with every id unchanged has no effect beyond the broadcast.
+    if unsafe { libc::setresuid(u32::MAX, u32::MAX, u32::MAX) } == 0 {
+        Ok(())
+    } else {
+        // SAFETY: errno is thread-local.
+        Err(Errno(unsafe { *libc::__errno_location() }))
+    }
+}

@@ -1,0 +1,90 @@
+//! Does a thread's `rseq_cs` value refer to memory about to be freed?
+//!
+//! A value refers to a range when the kernel's next look at it would touch the range: the
+//! 32-byte descriptor itself, the critical section's code (`start_ip` up to
+//! `start_ip + post_commit_offset`), or the signature word at `abort_ip - 4`. A descriptor that
+//! cannot be read safely (`process_vm_readv` fails) counts as referring.
+//!
+//! Guarantees: async-signal-safe, malloc-free (fixed-size cache on the caller's stack).
+
+use crate::abi::rseq_cs;
+use crate::platform;
+use core::mem::{size_of, MaybeUninit};
+
+/// A half-open address range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Range {
+    /// `[addr, addr + len)`, saturating at the top of the address space.
+    pub fn new(addr: usize, len: usize) -> Self {
+        Range { start: addr, end: addr.saturating_add(len) }
+    }
+
+    fn overlaps(&self, start: usize, end: usize) -> bool {
+        start < self.end && self.start < end
+    }
+}
+
+/// What the barrier is clearing: every non-zero `rseq_cs`, or those that refer to any of `ranges`.
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    All,
+    Ranges(&'a [Range]),
+}
+
+const CACHE: usize = 16;
+
+/// Verdicts for the descriptor addresses seen during one barrier: threads usually share a few
+/// descriptors, so most checks cost no system call.
+pub struct Classifier<'a> {
+    target: Target<'a>,
+    seen: [(u64, bool); CACHE],
+    len: usize,
+    next: usize,
+}
+
+impl<'a> Classifier<'a> {
+    pub fn new(target: Target<'a>) -> Self {
+        Classifier { target, seen: [(0, false); CACHE], len: 0, next: 0 }
+    }
+
+    /// Whether a thread whose `rseq_cs` holds `value` must be cleared.
+    pub fn refers(&mut self, value: u64) -> bool {
+        if value == 0 {
+            return false;
+        }
+        let ranges = match self.target {
+            Target::All => return true,
+            Target::Ranges(r) => r,
+        };
+        if let Some(&(_, verdict)) = self.seen[..self.len].iter().find(|(v, _)| *v == value) {
+            return verdict;
+        }
+        let verdict = descriptor_refers(value as usize, ranges);
+        self.seen[self.next] = (value, verdict);
+        self.next = (self.next + 1) % CACHE;
+        self.len = (self.len + 1).min(CACHE);
+        verdict
+    }
+}
+
+fn descriptor_refers(addr: usize, ranges: &[Range]) -> bool {
+    let size = size_of::<rseq_cs>();
+    if ranges.iter().any(|r| r.overlaps(addr, addr.saturating_add(size))) {
+        return true;
+    }
+    let mut cs = MaybeUninit::<rseq_cs>::uninit();
+    match platform::read_own_memory(cs.as_mut_ptr().cast(), addr, size) {
+        Ok(n) if n == size => {}
+        _ => return true,
+    }
+    // SAFETY: the kernel filled all `size` bytes; every bit pattern is a valid rseq_cs.
+    let cs = unsafe { cs.assume_init() };
+    let (start, abort) = (cs.start_ip as usize, cs.abort_ip as usize);
+    let code_end = start.saturating_add(cs.post_commit_offset as usize);
+    ranges.iter().any(|r| r.overlaps(start, code_end) || r.overlaps(abort.saturating_sub(4), abort))
+}

@@ -1,0 +1,215 @@
+//! The rseq-clear barrier: when [`clear`] returns `Ok`, no thread of the process has an
+//! `rseq_cs` that refers to the given memory, and no kernel read of such a descriptor is in
+//! flight. Critical sections that refer to it and were running are aborted by the kernel.
+//!
+//! The one rule that makes it correct (measured, see the facts note): a thread's `rseq_cs` may
+//! be cleared only by that thread or by its own kernel, because the kernel clears the field only
+//! after it has finished reading the descriptor. So the barrier never writes another thread's
+//! field; it makes the thread's kernel look at the field, and frees nothing until it sees the
+//! field change away from the memory.
+//!
+//! States, per call (each a function below):
+//!
+//! ```text
+//!   SCAN ──none refer──────────────────────────────────────────────► UNKNOWN ─► DONE
+//!    │ suspects: threads whose rseq_cs refers to the memory            ▲
+//!    ▼                                                                 │
+//!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), short spin ──all clear┤
+//!    │ still referring (blocked or preempted threads)                  │
+//!    ▼                                                                 │
+//!   SIGNAL: reserved signal to each, wait (resend every 10 ms) ──all clear┘
+//!    │ deadline passed
+//!    ▼
+//!   FAIL (ETIMEDOUT): the caller frees nothing
+//! ```
+//! UNKNOWN covers threads that the registry does not know (see `broadcast`).
+//!
+//! Cost follows the threads that matter: the scan is one load per registered thread; only
+//! threads whose `rseq_cs` refers to the memory get a system call.
+//!
+//! Concurrency: barriers run concurrently with each other (they only read and send signals). A
+//! thread that exits during a barrier clears its own `rseq_cs` and then waits in its exit hook
+//! until the barrier ends. In a `fork()` child, barriers of other parent threads are forgotten.
+//! From a signal handler: pass [`SIGNAL_SAFE`]; everything is then async-signal-safe and
+//! allocation-free, and the call fails with `EAGAIN` where it would need glibc's broadcast.
+//! Allocation: none, ever (the `munmap` path depends on it; glibc's malloc calls `munmap` with
+//! its locks held). Locks: none of the C library's, except glibc's thread-list lock in UNKNOWN.
+
+mod broadcast;
+mod descriptor;
+pub mod expedite;
+
+pub use descriptor::Range;
+use descriptor::{Classifier, Target};
+
+use crate::abi::RseqrtArea;
+use crate::platform::{self, Errno};
+use crate::registry::ReadGuard;
+use crate::state::{self, Owner};
+use crate::{config, registration, signal};
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+/// Flag: the caller may be a signal handler; use only async-signal-safe steps.
+pub const SIGNAL_SAFE: u32 = 1;
+
+/// At most this many threads are chased at once; more are handled in further rounds.
+const BATCH: usize = 64;
+/// How long to spin after membarrier before signalling (running threads clear within microseconds).
+const EXPEDITE_SPIN_NS: u64 = 50_000;
+/// Resend interval for threads that have not yet taken the signal.
+const RESEND_NS: u64 = 10_000_000;
+
+/// A thread whose `rseq_cs` referred to the memory when the scan saw it.
+#[derive(Clone, Copy)]
+struct Suspect {
+    tid: i32,
+    area: *mut RseqrtArea,
+}
+
+fn read_cs(area: *mut RseqrtArea) -> u64 {
+    // SAFETY: areas come from LIVE registry slots read under a ReadGuard, so their threads cannot
+    // finish exiting (and free the area) while the barrier runs.
+    unsafe { read_volatile(addr_of!((*area).rseq_cs)) }
+}
+
+/// Clears every `rseq_cs` that refers to any of `ranges` (all of them for [`clear_all`]).
+pub fn clear(ranges: &[Range], flags: u32) -> Result<(), Errno> {
+    run(Target::Ranges(ranges), flags)
+}
+
+/// Clears every thread's `rseq_cs`: the per-process "rseq-clear" of the seed discussion.
+pub fn clear_all(flags: u32) -> Result<(), Errno> {
+    run(Target::All, flags)
+}
+
+fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
+    if flags & !SIGNAL_SAFE != 0 {
+        return Err(Errno(libc::EINVAL));
+    }
+    let owner = state::owner();
+    if owner == Owner::None {
+        return Ok(()); // no area is registered, so no rseq_cs is ever read
+    }
+    let mut classify = Classifier::new(target);
+    clear_own(&mut classify);
+    let deadline = platform::monotonic_ns().saturating_add(config::timeout_ns());
+    let guard = ReadGuard::new();
+    loop {
+        let mut batch = [Suspect { tid: 0, area: core::ptr::null_mut() }; BATCH];
+        let n = scan(&guard, &mut classify, &mut batch);
+        if n == 0 {
+            break;
+        }
+        if platform::monotonic_ns() >= deadline {
+            return Err(Errno(libc::ETIMEDOUT)); // threads keep re-entering the memory's critical sections
+        }
+        let pending = &mut batch[..n];
+        let left = expedite(pending, &mut classify);
+        if left > 0 {
+            signal_and_wait(&mut pending[..left], &mut classify, deadline)?;
+        }
+    }
+    drop(guard);
+    if owner == Owner::Libc && broadcast::unknown_threads_exist() {
+        if flags & SIGNAL_SAFE != 0 {
+            return Err(Errno(libc::EAGAIN));
+        }
+        broadcast::reach_every_libc_thread()?;
+    }
+    Ok(())
+}
+
+/// The calling thread clears its own field directly: it is in user space, so its kernel is not
+/// reading the descriptor.
+fn clear_own(classify: &mut Classifier<'_>) {
+    let area = state::current_area();
+    let mine = read_cs(area);
+    if classify.refers(mine) {
+        // SAFETY: the calling thread's own area.
+        unsafe { write_volatile(addr_of_mut!((*area).rseq_cs), 0) };
+    }
+}
+
+/// SCAN: collects up to `BATCH` other threads whose `rseq_cs` refers to the memory.
+fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect; BATCH]) -> usize {
+    let me = platform::gettid();
+    let mut n = 0;
+    guard.for_each_live(|tid, area| {
+        if n < BATCH && tid != me && !area.is_null() && classify.refers(read_cs(area)) {
+            out[n] = Suspect { tid, area };
+            n += 1;
+        }
+    });
+    n
+}
+
+/// Drops suspects that no longer refer (their own kernel or they themselves changed the field,
+/// or they left the registry, clearing their own field first); returns how many remain, first.
+fn settle(pending: &mut [Suspect], classify: &mut Classifier<'_>) -> usize {
+    let mut left = 0;
+    for i in 0..pending.len() {
+        let s = pending[i];
+        if classify.refers(read_cs(s.area)) {
+            pending[left] = s;
+            left += 1;
+        }
+    }
+    left
+}
+
+/// EXPEDITE: one membarrier interrupts every running suspect; a short spin collects them.
+fn expedite(pending: &mut [Suspect], classify: &mut Classifier<'_>) -> usize {
+    if !expedite::interrupt_running_threads() {
+        return pending.len();
+    }
+    let until = platform::monotonic_ns() + EXPEDITE_SPIN_NS;
+    loop {
+        let left = settle(pending, classify);
+        if left == 0 || platform::monotonic_ns() >= until {
+            return left;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// SIGNAL: the reserved signal makes each remaining suspect's kernel process its `rseq_cs`
+/// before running the (empty) handler; wait until each field has changed.
+fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadline: u64) -> Result<(), Errno> {
+    let sig = signal::reserved();
+    if sig == 0 {
+        return Err(Errno(libc::ENOSYS));
+    }
+    let pid = platform::getpid();
+    let mut left = pending.len();
+    let mut pause_ns = 1_000;
+    loop {
+        for s in &pending[..left] {
+            // ESRCH: the thread is gone (it cleared its own field on the way out, or never runs again).
+            let _ = platform::tgkill(pid, s.tid, sig);
+        }
+        let resend_at = platform::monotonic_ns() + RESEND_NS;
+        loop {
+            left = settle(&mut pending[..left], classify);
+            if left == 0 {
+                return Ok(());
+            }
+            let now = platform::monotonic_ns();
+            if now >= deadline {
+                return Err(Errno(libc::ETIMEDOUT));
+            }
+            if now >= resend_at {
+                break;
+            }
+            platform::sleep_ns(pause_ns);
+            pause_ns = (pause_ns * 2).min(200_000);
+        }
+    }
+}
+
+/// Called from the exit hook of a registered thread, before it leaves the registry: the thread
+/// clears its own field, so a barrier that sees its slot gone knows no stale value remains.
+pub fn before_thread_exit() {
+    let area = registration::area();
+    // SAFETY: the calling thread's own area.
+    unsafe { write_volatile(addr_of_mut!((*area).rseq_cs), 0) };
+}

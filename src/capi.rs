@@ -1,0 +1,132 @@
+//! The C interface, `include/rseqrt.h` (generated from this file by cbindgen).
+//!
+//! Every entry point returns the C convention of the call it mirrors: 0 or -1 with `errno`
+//! (through [`cvt`]). None can panic: the library is built with `panic = "abort"` and these
+//! functions only forward to code that reports errors as values.
+
+use crate::barrier::{self, Range};
+use crate::platform::Errno;
+use crate::{unmap, RseqrtArea};
+use core::ffi::{c_int, c_uint, c_void};
+
+/// rseq is unavailable: the kernel lacks it, a filter refuses it, or registration failed.
+pub const RSEQRT_OWNER_NONE: c_int = 0;
+/// The C library (glibc 2.35+) registered every thread; rseqrt adopts its areas.
+pub const RSEQRT_OWNER_LIBC: c_int = 1;
+/// rseqrt registered its own area for each thread.
+pub const RSEQRT_OWNER_SELF: c_int = 2;
+/// `rseqrt_clear()` flag: the caller may be a signal handler. The barrier then uses only
+/// async-signal-safe steps, and fails with EAGAIN where it would need glibc's thread broadcast.
+pub const RSEQRT_CLEAR_SIGNAL_SAFE: c_uint = 1;
+const _: () = assert!(RSEQRT_CLEAR_SIGNAL_SAFE == barrier::SIGNAL_SAFE);
+
+/// Turns a result into the C convention: the value, or -1 with `errno` set.
+fn cvt(result: Result<(), Errno>) -> c_int {
+    match result {
+        Ok(()) => 0,
+        Err(Errno(e)) => {
+            // SAFETY: errno is thread-local storage owned by the C library.
+            unsafe { *libc::__errno_location() = e };
+            -1
+        }
+    }
+}
+
+/// Who registered this process's rseq areas: `RSEQRT_OWNER_NONE`, `RSEQRT_OWNER_LIBC` or
+/// `RSEQRT_OWNER_SELF`. Async-signal-safe.
+#[no_mangle]
+pub extern "C" fn rseqrt_owner() -> c_int {
+    crate::owner() as c_int
+}
+
+/// Registers the calling thread's rseq area (for threads not started with `pthread_create()`)
+/// and enters the thread in rseqrt's registry. Returns 0, or -1 with the kernel's errno
+/// (EBUSY: already registered, still entered in the registry; ENOSYS: no rseq).
+#[no_mangle]
+pub extern "C" fn rseqrt_register_current_thread() -> c_int {
+    cvt(crate::register_current_thread())
+}
+
+/// Unregisters the calling thread's rseq area and removes the thread from the registry.
+/// Returns 0, or -1 with the kernel's errno (EINVAL: not registered).
+#[no_mangle]
+pub extern "C" fn rseqrt_unregister_current_thread() -> c_int {
+    cvt(crate::unregister_current_thread())
+}
+
+/// The calling thread's rseq area (thread pointer + `__rseq_offset`), or NULL when rseq is
+/// unavailable. Async-signal-safe.
+#[no_mangle]
+pub extern "C" fn rseqrt_current_area() -> *mut RseqrtArea {
+    crate::area().map_or(core::ptr::null_mut(), |p| p.as_ptr())
+}
+
+/// The length each thread's area is registered with (the `rseq_len` argument of `rseq(2)`).
+#[no_mangle]
+pub extern "C" fn rseqrt_area_length() -> c_uint {
+    crate::area_length()
+}
+
+/// The CPU the calling thread runs on, like `sched_getcpu()`: the area's `cpu_id` when the
+/// thread is registered (one TLS load), else `getcpu(2)`. -1 with errno on failure.
+#[no_mangle]
+pub extern "C" fn rseqrt_current_cpu() -> c_int {
+    crate::current_cpu().map_or_else(|e| cvt(Err(e)), |cpu| cpu as c_int)
+}
+
+/// The NUMA node of the calling thread's CPU (`node_id` when the kernel fills it, else
+/// `getcpu(2)`). -1 with errno on failure.
+#[no_mangle]
+pub extern "C" fn rseqrt_current_node() -> c_int {
+    crate::current_node().map_or_else(|e| cvt(Err(e)), |node| node as c_int)
+}
+
+/// The calling thread's memory-map concurrency id (`mm_cid`), or -1 with ENOSYS when the
+/// kernel does not provide it or the thread is not registered.
+#[no_mangle]
+pub extern "C" fn rseqrt_current_mm_cid() -> c_int {
+    crate::current_mm_cid().map_or_else(|e| cvt(Err(e)), |cid| cid as c_int)
+}
+
+/// The real-time signal rseqrt reserves for its barrier (set with `RSEQRT_SIGNAL`), or 0.
+#[no_mangle]
+pub extern "C" fn rseqrt_signal() -> c_int {
+    crate::reserved_signal()
+}
+
+/// The rseq-clear barrier over `[addr, addr + len)`: on return 0, no thread's `rseq_cs` refers
+/// to the range (its descriptor, its code, or its abort signature lies there), and no kernel
+/// read of such a descriptor is in flight; critical sections in the range that were running are
+/// aborted. -1 with errno: EINVAL (unknown flag, or `len` 0), ETIMEDOUT (a thread did not
+/// respond within `RSEQRT_TIMEOUT_MS`), EAGAIN (with `RSEQRT_CLEAR_SIGNAL_SAFE`, a thread could
+/// only be reached unsafely).
+#[no_mangle]
+pub extern "C" fn rseqrt_clear(addr: *const c_void, len: usize, flags: c_uint) -> c_int {
+    if len == 0 {
+        return cvt(Err(Errno(libc::EINVAL)));
+    }
+    cvt(barrier::clear(&[Range::new(addr as usize, len)], flags))
+}
+
+/// The barrier for every thread and every `rseq_cs`: when it returns 0, every thread's
+/// `rseq_cs` is 0 or has been looked at by its own kernel since the call began.
+#[no_mangle]
+pub extern "C" fn rseqrt_clear_all(flags: c_uint) -> c_int {
+    cvt(barrier::clear_all(flags))
+}
+
+/// `dlclose()` after the barrier over every object it may unmap (the handle's object and its
+/// dependencies). Returns what `dlclose()` returns (`dlerror()` describes its errors); -1 with
+/// errno, and the handle still open, when the barrier fails.
+#[no_mangle]
+pub extern "C" fn rseqrt_dlclose(handle: *mut c_void) -> c_int {
+    unmap::dlclose(handle).unwrap_or_else(|e| cvt(Err(e)))
+}
+
+/// `munmap()` after the barrier over `[addr, addr + len)`. Returns 0, or -1 with errno: EINVAL
+/// as `munmap()` gives it (unaligned address, zero length), or the barrier's error, in which
+/// case nothing was unmapped. Allocates nothing and takes no lock that malloc may hold.
+#[no_mangle]
+pub extern "C" fn rseqrt_munmap(addr: *mut c_void, len: usize) -> c_int {
+    cvt(unmap::munmap(addr, len))
+}

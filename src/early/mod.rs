@@ -1,0 +1,76 @@
+//! Relocation-time initialisation: decides who owns rseq registration and fills glibc's three
+//! exports before any executable copies them.
+//!
+//! A PIE program that reads `__rseq_offset` directly gets an `R_X86_64_COPY` relocation, taken
+//! when the dynamic linker relocates the executable: after every shared library is relocated but
+//! before any constructor runs. So the values cannot come from a constructor. [`resolve`] is the
+//! resolver of a local IFUNC whose address is in `.init_array` (see `arch`): the dynamic linker
+//! calls it while relocating this object, and it returns the constructor (`crate::init::run`).
+//!
+//! Guarantees of everything in this module: no call through the PLT (the C library may not be
+//! usable yet), no allocation, no lock, no `memcpy`/`memset`/`memcmp` calls, no panic. It uses only
+//! raw system calls, data reached through already-processed GOT entries (`_r_debug`, TLS
+//! offsets), and this object's own data.
+
+mod auxv;
+mod ldso;
+
+use crate::abi::{ORIGINAL_AREA_LENGTH, ORIGINAL_FEATURE_SIZE};
+use crate::arch;
+use crate::platform::{self, Errno};
+use crate::state::{self, Owner};
+
+/// IFUNC resolver: computes the process-wide rseq configuration, writes the exports, and
+/// returns the constructor for `.init_array`.
+pub extern "C" fn resolve() -> extern "C" fn() {
+    let glibc = ldso::glibc_rseq_exports();
+    let kernel = auxv::rseq_features();
+    let (owner, offset, size) = match glibc {
+        Some(g) if g.size > 0 => (Owner::Libc, g.offset, g.size),
+        _ if kernel_has_rseq() => {
+            let size = match kernel.feature_size {
+                0 => ORIGINAL_FEATURE_SIZE,
+                n => n.min(self_area_length(kernel)),
+            };
+            (Owner::SelfOwned, arch::tls_area_offset(), size)
+        }
+        // Unavailable: keep glibc's offset (its area reads cpu_id -2), or our own TLS area,
+        // whose initial image also reads -2.
+        _ => (Owner::None, glibc.map_or(arch::tls_area_offset(), |g| g.offset), 0),
+    };
+    let reg_len = match owner {
+        // glibc registers max(__rseq_size, 32) bytes.
+        Owner::Libc => size.max(ORIGINAL_AREA_LENGTH),
+        _ => self_area_length(kernel),
+    };
+    state::publish(state::Config {
+        owner,
+        offset,
+        size,
+        flags: glibc.map_or(0, |g| if owner == Owner::Libc { g.flags } else { 0 }),
+        reg_len,
+        feature_size: kernel.feature_size,
+    });
+    crate::init::run
+}
+
+/// Length rseqrt registers for its own area: 32 while the kernel's features fit (the kernel then
+/// still fills `node_id` and `mm_cid`), else the feature size rounded up to the kernel's alignment,
+/// as long as that fits the reserved TLS block.
+fn self_area_length(kernel: auxv::RseqFeatures) -> u32 {
+    let align = kernel.align.max(ORIGINAL_AREA_LENGTH);
+    let len = kernel.feature_size.div_ceil(align) * align;
+    if len <= ORIGINAL_AREA_LENGTH || len as usize > arch::TLS_AREA_RESERVED || align as usize > arch::TLS_AREA_RESERVED {
+        ORIGINAL_AREA_LENGTH
+    } else {
+        len
+    }
+}
+
+/// Whether the rseq system call exists for this process. An unregister request for an area that
+/// is not registered answers EINVAL when rseq exists and ENOSYS when it does not (old kernel, or
+/// a seccomp filter); it changes nothing either way.
+fn kernel_has_rseq() -> bool {
+    platform::rseq(core::ptr::null_mut(), ORIGINAL_AREA_LENGTH, crate::abi::FLAG_UNREGISTER, arch::RSEQ_SIG)
+        != Err(Errno(libc::ENOSYS))
+}

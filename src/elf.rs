@@ -1,0 +1,57 @@
+//! The few ELF and dynamic-linker structures rseqrt reads (`<elf.h>`, `<link.h>`): plain data,
+//! usable at relocation time.
+
+/// `ElfW(Dyn)`.
+#[repr(C)]
+pub struct Elf64Dyn {
+    pub d_tag: i64,
+    pub d_val: u64,
+}
+
+/// The public prefix of glibc's `struct link_map` (`<link.h>`).
+#[repr(C)]
+pub struct LinkMap {
+    pub l_addr: usize,
+    pub l_name: *const u8,
+    pub l_ld: *const Elf64Dyn,
+    pub l_next: *const LinkMap,
+    pub l_prev: *const LinkMap,
+}
+
+pub const DT_NULL: i64 = 0;
+pub const DT_NEEDED: i64 = 1;
+pub const DT_HASH: i64 = 4;
+pub const DT_STRTAB: i64 = 5;
+pub const DT_SYMTAB: i64 = 6;
+pub const DT_SONAME: i64 = 14;
+pub const DT_GNU_HASH: i64 = 0x6fff_fef5;
+
+impl LinkMap {
+    /// The raw value of the first `tag` entry of this object's dynamic section.
+    ///
+    /// # Safety
+    /// `self` must describe a loaded object (its dynamic section is mapped).
+    pub unsafe fn dyn_val(&self, tag: i64) -> Option<usize> {
+        let mut d = self.l_ld;
+        // SAFETY: the caller guarantees the dynamic section is mapped; it ends with DT_NULL.
+        unsafe {
+            while !d.is_null() && (*d).d_tag != DT_NULL {
+                if (*d).d_tag == tag {
+                    return Some((*d).d_val as usize);
+                }
+                d = d.add(1);
+            }
+        }
+        None
+    }
+
+    /// A `d_ptr` entry as an absolute address: glibc rewrites these in place for the objects
+    /// it relocates, but not for read-only dynamic sections (the vDSO's), so accept both.
+    ///
+    /// # Safety
+    /// As for [`LinkMap::dyn_val`].
+    pub unsafe fn dyn_ptr(&self, tag: i64) -> Option<usize> {
+        // SAFETY: forwarded precondition.
+        unsafe { self.dyn_val(tag) }.map(|p| if p < self.l_addr { p + self.l_addr } else { p })
+    }
+}

@@ -1,0 +1,34 @@
+//! The constructor (returned by the relocation-time resolver, run from `.init_array` before any
+//! constructor of the program) and the `fork()` child handler.
+
+use crate::registration;
+use crate::registry;
+use crate::state::{self, Owner};
+use crate::{platform, real, signal, thread};
+
+/// Runs once per process, in the thread that loads rseqrt (the main thread at startup).
+pub extern "C" fn run() {
+    // The exit key first, so that it is one of the C library's preallocated keys.
+    thread::init_exit_hook();
+    crate::config::load();
+    real::resolve_all();
+    if state::owner() == Owner::SelfOwned && registration::register_area().is_err() {
+        // Only a racing registration by someone else can get here (the resolver probed the
+        // system call): report rseq as unavailable rather than hand out an unregistered area.
+        state::downgrade_to_none();
+    }
+    if registration::current_slot().is_none() {
+        if let Some(idx) = registry::claim(0, 0) {
+            registration::adopt_current_thread(idx);
+        }
+    }
+    signal::init();
+    // SAFETY: registering a plain function as the fork child handler.
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+}
+
+/// In the child of `fork()`: the kernel kept the forking thread's rseq registration (same
+/// address), as it does for glibc's; only the registry needs to forget the other threads.
+extern "C" fn after_fork_child() {
+    registry::after_fork_child(registration::current_slot(), platform::gettid());
+}

@@ -1,0 +1,164 @@
+//! Platform layer: every system call rseqrt makes, as a raw `syscall` instruction (see `arch`).
+//!
+//! Guarantees for every function here: async-signal-safe, no allocation, no lock, no PLT call,
+//! `errno` untouched (errors come back as `Err(Errno)`). That makes them usable from the
+//! relocation-time resolver, signal handlers, thread start/exit and the `munmap` path.
+
+use crate::arch::syscall6;
+
+/// A kernel error number (positive, as in `errno`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+pub type SysResult<T> = Result<T, Errno>;
+
+const FUTEX_WAIT_PRIVATE: i32 = libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG;
+const FUTEX_WAKE_PRIVATE: i32 = libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG;
+
+#[inline(always)]
+fn check(ret: isize) -> SysResult<usize> {
+    if (-4095..0).contains(&ret) { Err(Errno(-ret as i32)) } else { Ok(ret as usize) }
+}
+
+macro_rules! sys {
+    ($nr:expr) => { check(syscall6($nr, 0, 0, 0, 0, 0, 0)) };
+    ($nr:expr, $a:expr) => { check(syscall6($nr, $a as usize, 0, 0, 0, 0, 0)) };
+    ($nr:expr, $a:expr, $b:expr) => { check(syscall6($nr, $a as usize, $b as usize, 0, 0, 0, 0)) };
+    ($nr:expr, $a:expr, $b:expr, $c:expr) => { check(syscall6($nr, $a as usize, $b as usize, $c as usize, 0, 0, 0)) };
+    ($nr:expr, $a:expr, $b:expr, $c:expr, $d:expr) => {
+        check(syscall6($nr, $a as usize, $b as usize, $c as usize, $d as usize, 0, 0))
+    };
+    ($nr:expr, $a:expr, $b:expr, $c:expr, $d:expr, $e:expr, $f:expr) => {
+        check(syscall6($nr, $a as usize, $b as usize, $c as usize, $d as usize, $e as usize, $f as usize))
+    };
+}
+
+/// `rseq(2)`: register (flags 0) or unregister (`RSEQ_FLAG_UNREGISTER`) an area for this thread.
+pub fn rseq(area: *mut u8, len: u32, flags: u32, sig: u32) -> SysResult<()> {
+    // SAFETY: the kernel validates the area address (EFAULT) and keeps it until unregistration or
+    // thread exit; callers pass thread-lifetime memory (TLS or glibc's struct pthread).
+    unsafe { sys!(libc::SYS_rseq, area, len, flags, sig) }.map(drop)
+}
+
+/// `membarrier(2)`.
+pub fn membarrier(cmd: i32, flags: u32) -> SysResult<usize> {
+    // SAFETY: membarrier takes no pointers.
+    unsafe { sys!(libc::SYS_membarrier, cmd, flags, 0) }
+}
+
+/// `gettid(2)`.
+pub fn gettid() -> i32 {
+    // SAFETY: no arguments; cannot fail.
+    unsafe { syscall6(libc::SYS_gettid, 0, 0, 0, 0, 0, 0) as i32 }
+}
+
+/// `getpid(2)`.
+pub fn getpid() -> i32 {
+    // SAFETY: no arguments; cannot fail.
+    unsafe { syscall6(libc::SYS_getpid, 0, 0, 0, 0, 0, 0) as i32 }
+}
+
+/// `tgkill(2)` to a thread of this process.
+pub fn tgkill(pid: i32, tid: i32, sig: i32) -> SysResult<()> {
+    // SAFETY: no pointers.
+    unsafe { sys!(libc::SYS_tgkill, pid, tid, sig) }.map(drop)
+}
+
+/// `getcpu(2)`: (cpu, node).
+pub fn getcpu() -> SysResult<(u32, u32)> {
+    let (mut cpu, mut node) = (0u32, 0u32);
+    // SAFETY: both pointers are to live locals.
+    unsafe { sys!(libc::SYS_getcpu, &mut cpu as *mut u32, &mut node as *mut u32, 0) }?;
+    Ok((cpu, node))
+}
+
+/// `openat(AT_FDCWD, path, O_RDONLY|O_CLOEXEC)`; `path` must end in a NUL byte.
+pub fn open_read(path: &[u8]) -> SysResult<i32> {
+    debug_assert_eq!(path.last(), Some(&0));
+    // SAFETY: `path` is NUL-terminated (callers pass literals ending in "\0").
+    unsafe { sys!(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) }.map(|fd| fd as i32)
+}
+
+/// `read(2)` into `buf`.
+pub fn read(fd: i32, buf: *mut u8, len: usize) -> SysResult<usize> {
+    // SAFETY: the caller passes a writable buffer of `len` bytes.
+    unsafe { sys!(libc::SYS_read, fd, buf, len) }
+}
+
+/// `close(2)`.
+pub fn close(fd: i32) {
+    // SAFETY: closing a descriptor this module opened; the result carries no information we use.
+    let _ = unsafe { sys!(libc::SYS_close, fd) };
+}
+
+/// Anonymous private read-write `mmap(2)` of `len` bytes, zero-filled.
+pub fn mmap_anon(len: usize) -> SysResult<*mut u8> {
+    // SAFETY: a fresh anonymous mapping aliases no existing memory.
+    unsafe {
+        sys!(libc::SYS_mmap, 0, len, libc::PROT_READ | libc::PROT_WRITE,
+             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1i32, 0)
+    }
+    .map(|p| p as *mut u8)
+}
+
+/// `munmap(2)`, unchecked: the caller owns the mapping.
+pub unsafe fn munmap(addr: *mut u8, len: usize) -> SysResult<()> {
+    // SAFETY: the caller guarantees nothing still uses the range.
+    unsafe { sys!(libc::SYS_munmap, addr, len) }.map(drop)
+}
+
+/// `futex(FUTEX_WAIT_PRIVATE)` on `word` while it holds `expected`, for at most `timeout_ns`.
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ns: u64) -> SysResult<()> {
+    let ts = libc::timespec { tv_sec: (timeout_ns / 1_000_000_000) as i64, tv_nsec: (timeout_ns % 1_000_000_000) as i64 };
+    // SAFETY: `word` and `ts` are live for the duration of the call.
+    unsafe { sys!(libc::SYS_futex, word.as_ptr(), FUTEX_WAIT_PRIVATE, expected, &ts as *const libc::timespec) }.map(drop)
+}
+
+/// `futex(FUTEX_WAKE_PRIVATE)`: wake every waiter on `word`.
+pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is live; waking has no other effect.
+    let _ = unsafe { sys!(libc::SYS_futex, word.as_ptr(), FUTEX_WAKE_PRIVATE, i32::MAX) };
+}
+
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds (a system call, not the vDSO: safe anywhere).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a live local.
+    let _ = unsafe { sys!(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts as *mut libc::timespec) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `sched_yield(2)`.
+pub fn sched_yield() {
+    // SAFETY: no arguments.
+    let _ = unsafe { sys!(libc::SYS_sched_yield) };
+}
+
+/// Copies `len` bytes at `remote` (an address in this process) into `local` with
+/// `process_vm_readv(2)`: an unmapped or unreadable source gives `Err(EFAULT)` instead of a fault.
+pub fn read_own_memory(local: *mut u8, remote: usize, len: usize) -> SysResult<usize> {
+    let liov = libc::iovec { iov_base: local.cast(), iov_len: len };
+    let riov = libc::iovec { iov_base: remote as *mut libc::c_void, iov_len: len };
+    // SAFETY: the local buffer is writable for `len` bytes; the kernel checks the remote range.
+    unsafe { sys!(libc::SYS_process_vm_readv, getpid(), &liov as *const libc::iovec, 1, &riov as *const libc::iovec, 1, 0) }
+}
+
+/// Sleeps for `ns` nanoseconds (`clock_nanosleep`, relative; an interruption just ends it early).
+pub fn sleep_ns(ns: u64) {
+    let ts = libc::timespec { tv_sec: (ns / 1_000_000_000) as i64, tv_nsec: (ns % 1_000_000_000) as i64 };
+    // SAFETY: `ts` is a live local; no remainder is requested.
+    let _ = unsafe { sys!(libc::SYS_clock_nanosleep, libc::CLOCK_MONOTONIC, 0, &ts as *const libc::timespec, 0) };
+}
+
+/// Number of threads in this process, from `/proc/self/stat` (field 20, `num_threads`).
+pub fn thread_count() -> SysResult<usize> {
+    let fd = open_read(b"/proc/self/stat\0")?;
+    let mut buf = [0u8; 1024];
+    let n = read(fd, buf.as_mut_ptr(), buf.len());
+    close(fd);
+    let text = &buf[..n?];
+    // The command name (field 2) may contain spaces and parentheses: count fields after the last ')'.
+    let after = text.iter().rposition(|&b| b == b')').ok_or(Errno(libc::EIO))?;
+    let field = text[after + 1..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(17).ok_or(Errno(libc::EIO))?;
+    field.iter().try_fold(0usize, |acc, &d| d.is_ascii_digit().then(|| acc * 10 + (d - b'0') as usize)).ok_or(Errno(libc::EIO))
+}

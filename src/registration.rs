@@ -1,0 +1,79 @@
+//! Registering and unregistering the calling thread's rseq area with the kernel, and entering it
+//! in the registry. Thread start (`thread`), the constructor (`init`) and the C entry points call
+//! these.
+//!
+//! Guarantees: async-signal-safe and malloc-free, except that [`adopt_current_thread`] calls
+//! `pthread_setspecific` (no allocation for rseqrt's key, which is created first thing by the
+//! constructor and so falls in glibc's preallocated first block of keys).
+
+use crate::abi::{RseqrtArea, CPU_ID_REGISTRATION_FAILED, CPU_ID_UNINITIALIZED, FLAG_UNREGISTER};
+use crate::platform::{self, SysResult};
+use crate::registry::{self, SlotIndex};
+use crate::state;
+use crate::{arch, thread};
+use core::ptr::{addr_of_mut, read_volatile, write_volatile};
+
+/// Registers the calling thread's area (thread pointer + `__rseq_offset`) with the kernel.
+/// Already registered: `Err(EBUSY)`, area untouched. Failure: `cpu_id` reads -2, as in glibc.
+pub fn register_area() -> SysResult<()> {
+    let area = state::current_area();
+    // SAFETY: `area` is this thread's own area (TLS or glibc's struct pthread); only this thread
+    // and its kernel write it.
+    unsafe {
+        if (read_volatile(addr_of_mut!((*area).cpu_id)) as i32) < 0 {
+            // Not registered: give the kernel a clean area to start from, as glibc does.
+            write_volatile(addr_of_mut!((*area).rseq_cs), 0);
+            write_volatile(addr_of_mut!((*area).flags), 0);
+            write_volatile(addr_of_mut!((*area).cpu_id_start), 0);
+            write_volatile(addr_of_mut!((*area).cpu_id), CPU_ID_UNINITIALIZED as u32);
+        }
+        let r = platform::rseq(area.cast(), state::registration_length(), 0, arch::RSEQ_SIG);
+        if r.is_err() && read_volatile(addr_of_mut!((*area).cpu_id)) as i32 == CPU_ID_UNINITIALIZED {
+            write_volatile(addr_of_mut!((*area).cpu_id), CPU_ID_REGISTRATION_FAILED as u32);
+        }
+        r
+    }
+}
+
+/// Unregisters the calling thread's area; afterwards its `cpu_id` reads -2 again.
+pub fn unregister_area() -> SysResult<()> {
+    let area = state::current_area();
+    platform::rseq(area.cast(), state::registration_length(), FLAG_UNREGISTER, arch::RSEQ_SIG)?;
+    // SAFETY: this thread's own area, now unknown to the kernel.
+    unsafe { write_volatile(addr_of_mut!((*area).cpu_id), CPU_ID_REGISTRATION_FAILED as u32) };
+    Ok(())
+}
+
+/// Enters the calling thread in the registry (slot `idx`, already claimed) and arranges for the
+/// slot to be freed at thread exit.
+pub fn adopt_current_thread(idx: SlotIndex) {
+    // SAFETY: the TLS slot word belongs to this thread.
+    unsafe { *arch::tls_slot() = idx as u64 + 1 };
+    registry::activate(idx, platform::gettid(), state::current_area());
+    thread::arm_exit_hook(idx);
+}
+
+/// The calling thread's registry slot, if it has one.
+pub fn current_slot() -> Option<SlotIndex> {
+    // SAFETY: the TLS slot word belongs to this thread.
+    match unsafe { *arch::tls_slot() } {
+        0 => None,
+        n => Some(n as usize - 1),
+    }
+}
+
+/// Leaves the registry (thread exit or explicit unregistration).
+pub fn forget_current_thread() {
+    if let Some(idx) = current_slot() {
+        crate::barrier::before_thread_exit();
+        // SAFETY: the TLS slot word belongs to this thread.
+        unsafe { *arch::tls_slot() = 0 };
+        registry::release(idx);
+    }
+}
+
+/// The calling thread's area as a typed pointer (for the Rust and C readers).
+#[inline(always)]
+pub fn area() -> *mut RseqrtArea {
+    state::current_area()
+}

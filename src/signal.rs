@@ -1,0 +1,162 @@
+//! The reserved real-time signal that the barrier sends to threads it must interrupt, and the
+//! interposers that keep it deliverable, the way glibc keeps its own internal signals (32, 33)
+//! deliverable: masks the program sets (`pthread_sigmask`, `sigprocmask`) never block it, the
+//! sets it waits for (`sigwait*`) never include it, and `sigaction` refuses to change it.
+//!
+//! The handler does nothing: delivering a signal is what makes the thread's own kernel process
+//! its `rseq_cs` (abort a running critical section, then clear the field) before the handler
+//! runs. It is installed with `SA_RESTART`, so interrupted system calls resume, and it touches
+//! no memory, so it keeps `errno`.
+
+use crate::real::{self, Next};
+use core::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use libc::{c_int, sigset_t};
+
+/// The reserved signal, 0 until [`init`] picks it.
+static RESERVED: AtomicI32 = AtomicI32::new(0);
+
+/// The reserved signal number (0 before the constructor ran).
+pub fn reserved() -> c_int {
+    RESERVED.load(Relaxed)
+}
+
+extern "C" fn on_reserved_signal(_sig: c_int) {}
+
+type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+
+fn next_sigaction() -> Option<SigactionFn> {
+    // SAFETY: the C library's sigaction has this signature.
+    (real::SIGACTION.get() != 0).then(|| unsafe { core::mem::transmute::<usize, SigactionFn>(real::SIGACTION.get()) })
+}
+
+/// Picks the reserved signal and installs its handler (constructor time). `RSEQRT_SIGNAL=N`
+/// chooses it; otherwise the highest real-time signal that nobody handles yet.
+pub fn init() {
+    let Some(sigaction) = next_sigaction() else { return };
+    let (lo, hi) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let is_free = |sig: c_int| {
+        // SAFETY: querying a disposition into a zeroed local.
+        let (rc, old) = unsafe {
+            let mut old: libc::sigaction = core::mem::zeroed();
+            (sigaction(sig, core::ptr::null(), &mut old), old)
+        };
+        rc == 0 && old.sa_sigaction == libc::SIG_DFL
+    };
+    let chosen = match crate::config::env_number(b"RSEQRT_SIGNAL\0") {
+        Some(n) if (lo as u64..=hi as u64).contains(&n) => n as c_int,
+        _ => match (lo..=hi).rev().find(|&s| is_free(s)) {
+            Some(s) => s,
+            None => return,
+        },
+    };
+    // SAFETY: a zeroed sigaction with our handler, SA_RESTART and an empty mask is valid.
+    let ok = unsafe {
+        let mut act: libc::sigaction = core::mem::zeroed();
+        act.sa_sigaction = on_reserved_signal as extern "C" fn(c_int) as usize;
+        act.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        sigaction(chosen, &act, core::ptr::null_mut()) == 0
+    };
+    if ok {
+        RESERVED.store(chosen, Relaxed);
+    }
+}
+
+/// `set` without the reserved signal, when it contains it.
+fn without_reserved(set: *const sigset_t) -> Option<sigset_t> {
+    let sig = reserved();
+    // SAFETY: the caller's set is a valid sigset_t (checked non-null first).
+    if sig == 0 || set.is_null() || unsafe { libc::sigismember(set, sig) } != 1 {
+        return None;
+    }
+    // SAFETY: as above; the copy is ours to edit.
+    let mut copy = unsafe { *set };
+    unsafe { libc::sigdelset(&mut copy, sig) };
+    Some(copy)
+}
+
+/// Calls the next definition `next` (of type `F`) with `set`, replaced by a copy without the
+/// reserved signal when `filter` is set and the set contains it.
+///
+/// # Safety
+/// `F` must be the type of the next definition of the interposed name.
+unsafe fn forward<F: Copy, R>(
+    next: &Next,
+    set: *const sigset_t,
+    filter: bool,
+    call: impl FnOnce(F, *const sigset_t) -> R,
+    missing: impl FnOnce() -> R,
+) -> R {
+    let addr = next.get();
+    if addr == 0 {
+        return missing();
+    }
+    // SAFETY: the caller guarantees `F` is the next definition's type.
+    let f: F = unsafe { core::mem::transmute_copy(&addr) };
+    match without_reserved(set).filter(|_| filter) {
+        Some(copy) => call(f, &copy),
+        None => call(f, set),
+    }
+}
+
+fn enosys() -> c_int {
+    // SAFETY: errno is thread-local.
+    unsafe { *libc::__errno_location() = libc::ENOSYS };
+    -1
+}
+
+type MaskFn = unsafe extern "C" fn(c_int, *const sigset_t, *mut sigset_t) -> c_int;
+
+/// `pthread_sigmask(3)` that never blocks the reserved signal. Async-signal-safe.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_pthread_sigmask(how: c_int, set: *const sigset_t, old: *mut sigset_t) -> c_int {
+    // SAFETY: forwarding to the C library's pthread_sigmask.
+    unsafe { forward::<MaskFn, _>(&real::PTHREAD_SIGMASK, set, how != libc::SIG_UNBLOCK, |f, s| f(how, s, old), || libc::ENOSYS) }
+}
+
+/// `sigprocmask(2)` that never blocks the reserved signal. Async-signal-safe.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_sigprocmask(how: c_int, set: *const sigset_t, old: *mut sigset_t) -> c_int {
+    // SAFETY: forwarding to the C library's sigprocmask.
+    unsafe { forward::<MaskFn, _>(&real::SIGPROCMASK, set, how != libc::SIG_UNBLOCK, |f, s| f(how, s, old), enosys) }
+}
+
+/// `sigaction(2)` that refuses to change the reserved signal (EINVAL, as glibc answers for its
+/// internal signals); queries pass through. Async-signal-safe.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    if sig == reserved() && sig != 0 && !act.is_null() {
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return -1;
+    }
+    match next_sigaction() {
+        // SAFETY: forwarding the caller's arguments.
+        Some(f) => unsafe { f(sig, act, old) },
+        None => enosys(),
+    }
+}
+
+/// `sigwait(3)` that never consumes the reserved signal.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_sigwait(set: *const sigset_t, sig: *mut c_int) -> c_int {
+    type F = unsafe extern "C" fn(*const sigset_t, *mut c_int) -> c_int;
+    // SAFETY: forwarding to the C library's sigwait.
+    unsafe { forward::<F, _>(&real::SIGWAIT, set, true, |f, s| f(s, sig), || libc::ENOSYS) }
+}
+
+/// `sigwaitinfo(2)` that never consumes the reserved signal.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_sigwaitinfo(set: *const sigset_t, info: *mut libc::siginfo_t) -> c_int {
+    type F = unsafe extern "C" fn(*const sigset_t, *mut libc::siginfo_t) -> c_int;
+    // SAFETY: forwarding to the C library's sigwaitinfo.
+    unsafe { forward::<F, _>(&real::SIGWAITINFO, set, true, |f, s| f(s, info), enosys) }
+}
+
+/// `sigtimedwait(2)` that never consumes the reserved signal.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_sigtimedwait(set: *const sigset_t, info: *mut libc::siginfo_t, timeout: *const libc::timespec) -> c_int {
+    type F = unsafe extern "C" fn(*const sigset_t, *mut libc::siginfo_t, *const libc::timespec) -> c_int;
+    // SAFETY: forwarding to the C library's sigtimedwait.
+    unsafe { forward::<F, _>(&real::SIGTIMEDWAIT, set, true, |f, s| f(s, info, timeout), enosys) }
+}

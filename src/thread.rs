@@ -1,0 +1,95 @@
+//! Thread start and exit: rseqrt's `pthread_create` registers each new thread before its start
+//! routine runs, and a thread-specific-data destructor takes it out of the registry at exit.
+//!
+//! The parent claims the child's registry slot and stores the start routine there, so thread
+//! start allocates nothing. The child, first thing: registers its rseq area when rseqrt owns
+//! registration, enters the registry, then calls the start routine.
+
+use crate::registry::{self, SlotIndex};
+use crate::state::{self, Owner};
+use crate::{real, registration};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use libc::{c_int, pthread_attr_t, pthread_t};
+
+/// A thread start routine. "C-unwind": `pthread_exit` and cancellation unwind through it.
+type StartRoutine = extern "C-unwind" fn(*mut c_void) -> *mut c_void;
+type PthreadCreate = unsafe extern "C" fn(*mut pthread_t, *const pthread_attr_t, StartRoutine, *mut c_void) -> c_int;
+
+/// Key whose destructor frees the thread's registry slot; `u32::MAX` until created.
+static EXIT_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Creates the exit key (constructor time).
+pub fn init_exit_hook() {
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a live local; the destructor has the signature glibc expects.
+    if unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0 {
+        EXIT_KEY.store(key, Relaxed);
+    }
+}
+
+/// Makes the exit destructor run for the calling thread.
+pub fn arm_exit_hook(idx: SlotIndex) {
+    let key = EXIT_KEY.load(Relaxed);
+    if key != u32::MAX {
+        // SAFETY: a key created by `init_exit_hook`; the value is a tag, never dereferenced.
+        unsafe { libc::pthread_setspecific(key, (idx + 1) as *const c_void) };
+    }
+}
+
+/// Thread-specific-data destructor: runs in the exiting thread after its start routine returned
+/// (or it called `pthread_exit`), while its stack and TLS, and so its rseq area, still exist.
+extern "C" fn on_thread_exit(_tag: *mut c_void) {
+    registration::forget_current_thread();
+}
+
+/// rseqrt's `pthread_create` (exported under glibc's symbol versions; see `arch`).
+///
+/// # Safety
+/// Same contract as `pthread_create(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_pthread_create(
+    thread: *mut pthread_t,
+    attr: *const pthread_attr_t,
+    start: StartRoutine,
+    arg: *mut c_void,
+) -> c_int {
+    let next = real::PTHREAD_CREATE.get();
+    if next == 0 {
+        return libc::ENOSYS;
+    }
+    // SAFETY: `next` is the C library's pthread_create, which has exactly this signature.
+    let next: PthreadCreate = unsafe { core::mem::transmute(next) };
+    let Some(idx) = registry::claim(start as usize, arg as usize) else {
+        // Registry full or out of memory: the thread still starts, unknown to rseqrt (barriers
+        // then cover it the way they cover any thread they did not start).
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { next(thread, attr, start, arg) };
+    };
+    // SAFETY: forwarding the caller's arguments, with our trampoline and the slot as its argument.
+    let err = unsafe { next(thread, attr, trampoline, (idx + 1) as *mut c_void) };
+    if err != 0 {
+        registry::release(idx);
+    }
+    err
+}
+
+/// First code of every thread rseqrt starts. `extern "C-unwind"`: `pthread_exit` and
+/// cancellation unwind through this frame (it holds nothing that needs dropping).
+extern "C-unwind" fn trampoline(tag: *mut c_void) -> *mut c_void {
+    let idx = tag as usize - 1;
+    let (start, arg) = registry::start_of(idx);
+    thread_started(idx);
+    // SAFETY: `start` was a `StartRoutine` when the parent stored it.
+    let start: StartRoutine = unsafe { core::mem::transmute(start) };
+    start(arg as *mut c_void)
+}
+
+/// Registration and registry entry of a thread that is about to run its first user code.
+pub fn thread_started(idx: SlotIndex) {
+    if state::owner() == Owner::SelfOwned {
+        // A failure leaves cpu_id at -2 for this thread, as glibc does; the thread still runs.
+        let _ = registration::register_area();
+    }
+    registration::adopt_current_thread(idx);
+}
