@@ -387,8 +387,12 @@ int main(void)
         check(owner == expect_owner, "rseqrt_owner() = %d (want %d)", owner, expect_owner);
     }
 
-    if (expect_registered)
+    if (expect_registered) {
         check(__rseq_size >= 20, "__rseq_size %u >= 20", __rseq_size);
+        /* Every feature __rseq_size promises must lie inside the registered area. */
+        check(__rseq_size <= reg_len, "__rseq_size %u <= registered length %u", __rseq_size,
+              reg_len);
+    }
     else
         check(__rseq_size == 0, "__rseq_size %u == 0", __rseq_size);
     check(__rseq_flags == 0, "__rseq_flags %u == 0", __rseq_flags);
