@@ -11,16 +11,11 @@
 #include <stddef.h>
 #include <stdint.h>
 /* glibc 2.35's rseq ABI, with glibc's meaning: defined by librseqrt.so, which interposes
- * glibc's definitions. The declarations match <sys/rseq.h>'s, so both headers may be included. */
-#ifdef __cplusplus
-extern "C" {
-#endif
+ * glibc's definitions. Declared exactly as <sys/rseq.h> declares them (outside any extern "C"
+ * block: namespace-scope variable names are not mangled), so both headers may be included. */
 extern const ptrdiff_t __rseq_offset;
 extern const unsigned int __rseq_size;
 extern const unsigned int __rseq_flags;
-#ifdef __cplusplus
-}
-#endif
 
 #define RSEQRT_ALIGNED(n) __attribute__((aligned(n)))
 
