@@ -127,9 +127,11 @@ static void stale_body(void)
         pthread_sigmask(SIG_BLOCK, NULL, &cur);
         seen_blocks_rt = sigismember(&cur, SIGRTMAX - 1) == 1;
     }
-    if (!rseq_cs_registered()) {
+    if (thr == T_TIMER && !rseq_cs_registered()) {
         /* glibc's helper thread under glibc.pthread.rseq=0: glibc does not register
-         * it; a program that wants rseq there registers it itself. */
+         * it, and it is not created through pthread_create(); a program that wants
+         * rseq there registers it itself. (Threads from pthread_create() must be
+         * registered by rseqrt already: no such call for them.) */
         int (*reg)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "rseqrt_register_current_thread");
         if (reg && reg() != 0)
             printf("stale thread: rseqrt_register_current_thread: %s\n", strerror(errno));
@@ -266,9 +268,12 @@ static void free_memory(void)
         else
             rc = munmap(page, page_size);
     }
-    if (rc != 0)
-        die(4, "%s%s failed: %s", method == M_RSEQRT ? "rseqrt_" : "", what,
-            handle ? dlerror() : strerror(errno));
+    if (rc != 0) {
+        int e = errno;
+        const char *dlerr = handle ? dlerror() : NULL;
+        die(4, "%s%s failed: rc %d, errno %d (%s), dlerror %s", method == M_RSEQRT ? "rseqrt_" : "",
+            what, rc, e, strerror(e), dlerr ? dlerr : "(none)");
+    }
     if (handle) {
         /* The test is meaningful only if the object holding the descriptor is gone. */
         const char *holder = kind == K_DLCLOSE ? lib_path : dep_path;

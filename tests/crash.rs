@@ -31,7 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use support::{c_test_source, compile, repo_root, run, stage, tests_build_dir, CompileSpec, RunResult, Stage};
+use support::{
+    c_test_source, compile, repo_root, run, stage, tests_build_dir, CompileSpec, RunResult, Stage,
+};
 
 const THREADS: [&str; 4] = ["read", "spin", "sigblock", "timer"];
 const TUNABLE_OFF: &str = "glibc.pthread.rseq=0";
@@ -64,7 +66,9 @@ struct LibPrograms {
 /// The staged library, or None (with the reason printed) while it has not landed.
 fn library() -> Option<&'static Stage> {
     if !repo_root().join("Makefile").exists() {
-        println!("SKIP library rows: no Makefile in the repository yet (the library has not landed)");
+        println!(
+            "SKIP library rows: no Makefile in the repository yet (the library has not landed)"
+        );
         return None;
     }
     Some(stage())
@@ -75,9 +79,12 @@ fn programs() -> &'static Programs {
     P.get_or_init(|| {
         let src = c_test_source;
         let shared = ["-fPIC", "-shared"];
-        let plugin_a = compile(&CompileSpec::new("plugin_counter.so", &[src("plugin_counter.c")]).cflags(&shared));
-        let plugin_b =
-            compile(&CompileSpec::new("plugin_counter_b.so", &[src("plugin_counter.c")]).cflags(&shared));
+        let plugin_a = compile(
+            &CompileSpec::new("plugin_counter.so", &[src("plugin_counter.c")]).cflags(&shared),
+        );
+        let plugin_b = compile(
+            &CompileSpec::new("plugin_counter_b.so", &[src("plugin_counter.c")]).cflags(&shared),
+        );
         let dep = compile(
             &CompileSpec::new("plugin_dep_lib.so", &[src("plugin_dep_lib.c")])
                 .cflags(&shared)
@@ -88,8 +95,11 @@ fn programs() -> &'static Programs {
                 .cflags(&shared)
                 .libs(&[dep.display().to_string().as_str(), "-Wl,-rpath,$ORIGIN"]),
         );
-        let stale = compile(&CompileSpec::new("crash_stale", &[src("crash_stale.c")]).libs(&["-pthread"]));
-        let stress = compile(&CompileSpec::new("crash_stress", &[src("crash_stress.c")]).libs(&["-pthread"]));
+        let stale =
+            compile(&CompileSpec::new("crash_stale", &[src("crash_stale.c")]).libs(&["-pthread"]));
+        let stress = compile(
+            &CompileSpec::new("crash_stress", &[src("crash_stress.c")]).libs(&["-pthread"]),
+        );
         let lib = library().map(|stage| {
             let (cflags, libs) = stage.rseqrt_flags();
             let build = |out: &str, file: &str| {
@@ -107,7 +117,14 @@ fn programs() -> &'static Programs {
                 stress: build("crash_stress_rseqrt", "crash_stress.c"),
             }
         });
-        Programs { plugin_dir: tests_build_dir(), plugin_a, plugin_b, stale, stress, lib }
+        Programs {
+            plugin_dir: tests_build_dir(),
+            plugin_a,
+            plugin_b,
+            stale,
+            stress,
+            lib,
+        }
     })
 }
 
@@ -224,7 +241,10 @@ fn env_for(mode: Mode, preload: Option<&Path>, lib: Option<&LibPrograms>) -> Vec
         env.push(("LD_PRELOAD".to_string(), pre.display().to_string()));
     }
     if let Some(lib) = lib {
-        env.push(("LD_LIBRARY_PATH".to_string(), lib.stage.lib_dir.display().to_string()));
+        env.push((
+            "LD_LIBRARY_PATH".to_string(),
+            lib.stage.lib_dir.display().to_string(),
+        ));
     }
     env
 }
@@ -246,7 +266,14 @@ fn reported_owner(out: &str) -> Option<i32> {
 /// Runs one scenario, again when the program reports that the run could not
 /// show anything (exit 9: the stale pointer was cleared by a preemption before
 /// or during the free). Returns a failure message, or None.
-fn run_scenario(name: &str, program: &Path, args: &[&str], env: &[(String, String)], expect: Expect, owner: Option<i32>) -> Option<String> {
+fn run_scenario(
+    name: &str,
+    program: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    expect: Expect,
+    owner: Option<i32>,
+) -> Option<String> {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let start = Instant::now();
     let mut last = None;
@@ -258,7 +285,11 @@ fn run_scenario(name: &str, program: &Path, args: &[&str], env: &[(String, Strin
             continue;
         }
         let ms = start.elapsed().as_millis();
-        let retry = if attempt > 1 { format!(", attempt {attempt}") } else { String::new() };
+        let retry = if attempt > 1 {
+            format!(", attempt {attempt}")
+        } else {
+            String::new()
+        };
         let mut problem = None;
         if res.timed_out {
             problem = Some(format!("timed out after {CHILD_TIMEOUT:?}"));
@@ -267,7 +298,11 @@ fn run_scenario(name: &str, program: &Path, args: &[&str], env: &[(String, Strin
         } else if let Some(want) = owner {
             match reported_owner(&res.stdout) {
                 Some(o) if o == want => {}
-                o => problem = Some(format!("expected rseqrt_owner {want}, the program reported {o:?}")),
+                o => {
+                    problem = Some(format!(
+                        "expected rseqrt_owner {want}, the program reported {o:?}"
+                    ))
+                }
             }
         }
         return match problem {
@@ -283,7 +318,9 @@ fn run_scenario(name: &str, program: &Path, args: &[&str], env: &[(String, Strin
     }
     let res = last.expect("at least one attempt");
     println!("FAIL  {name}: inconclusive {ATTEMPTS} times");
-    Some(format!("{name}: inconclusive in all {ATTEMPTS} attempts (exit 9)\n{res}"))
+    Some(format!(
+        "{name}: inconclusive in all {ATTEMPTS} attempts (exit 9)\n{res}"
+    ))
 }
 
 fn matrix(kind: &str) {
@@ -294,7 +331,10 @@ fn matrix(kind: &str) {
     for mode in [Mode::Glibc, Mode::Own] {
         let (rows, skipped) = rows(p, mode);
         for label in skipped {
-            println!("SKIP  {kind} * {label} {}: the library has not landed (no Makefile)", mode.name());
+            println!(
+                "SKIP  {kind} * {label} {}: the library has not landed (no Makefile)",
+                mode.name()
+            );
         }
         for thread in THREADS {
             for row in &rows {
@@ -308,7 +348,12 @@ fn matrix(kind: &str) {
             }
         }
     }
-    assert!(failures.is_empty(), "{} scenario(s) failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} scenario(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]
@@ -332,7 +377,9 @@ fn munmap_of_jit_code() {
 }
 
 /// Unloads (rseqrt) per stress run must reach this many, or the test fails.
-const STRESS_MIN_UNLOADS: u64 = 1000;
+const STRESS_MIN_UNLOADS: u64 = 2000;
+/// crash_stress arguments after the plugins: unloads, workers, time cap in seconds.
+const STRESS_ARGS: [&str; 3] = ["5000", "4", "8"];
 
 fn stress_unloads(out: &str) -> Option<u64> {
     let rest = out.split(": ").nth(1)?;
@@ -343,12 +390,29 @@ fn stress_unloads(out: &str) -> Option<u64> {
 fn stress_unload_plugins_under_running_critical_sections() {
     let _exclusive = EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner());
     let p = programs();
-    let (a, b) = (p.plugin_a.display().to_string(), p.plugin_b.display().to_string());
+    let (a, b) = (
+        p.plugin_a.display().to_string(),
+        p.plugin_b.display().to_string(),
+    );
     let mut failures = Vec::new();
 
     // The baseline: plain dlclose() under the same load must be killed.
-    let plain_args = ["plain", a.as_str(), b.as_str(), "2000", "4", "7"];
-    if let Some(f) = run_scenario("stress plain [glibc-owner]", &p.stress, &plain_args, &[], Expect::Segv, None) {
+    let plain_args = [
+        "plain",
+        a.as_str(),
+        b.as_str(),
+        STRESS_ARGS[0],
+        STRESS_ARGS[1],
+        STRESS_ARGS[2],
+    ];
+    if let Some(f) = run_scenario(
+        "stress plain [glibc-owner]",
+        &p.stress,
+        &plain_args,
+        &[],
+        Expect::Segv,
+        None,
+    ) {
         failures.push(f);
     }
     let Some(lib) = &p.lib else {
@@ -367,20 +431,38 @@ fn stress_unload_plugins_under_running_critical_sections() {
         let env = env_for(mode, None, Some(lib));
         let envr: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let name = format!("stress rseqrt [{}]", mode.name());
-        let args = ["rseqrt", a.as_str(), b.as_str(), "2000", "4", "7"];
+        let args = [
+            "rseqrt",
+            a.as_str(),
+            b.as_str(),
+            STRESS_ARGS[0],
+            STRESS_ARGS[1],
+            STRESS_ARGS[2],
+        ];
         let res = run(&lib.stress, &args, &envr, CHILD_TIMEOUT);
         let unloads = stress_unloads(&res.stdout).unwrap_or(0);
         let why = if !res.success() {
             Some("expected exit 0".to_string())
         } else if unloads < STRESS_MIN_UNLOADS {
-            Some(format!("only {unloads} unloads (want at least {STRESS_MIN_UNLOADS})"))
+            Some(format!(
+                "only {unloads} unloads (want at least {STRESS_MIN_UNLOADS})"
+            ))
         } else {
             None
         };
-        println!("{} {name}: {}", if why.is_none() { "ok   " } else { "FAIL " }, res.stdout.trim_end());
+        println!(
+            "{} {name}: {}",
+            if why.is_none() { "ok   " } else { "FAIL " },
+            res.stdout.trim_end()
+        );
         if let Some(why) = why {
             failures.push(format!("{name}: {why}\n{res}"));
         }
     }
-    assert!(failures.is_empty(), "{} stress run(s) failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} stress run(s) failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
