@@ -18,10 +18,14 @@ CC        ?= cc
 B         := build
 RUST_A    := target/release/librseqrt.a
 SO        := $(B)/lib/librseqrt.so.$(VERSION)
-PRELOAD   := $(B)/lib/librseqrt_preload.so
+# The LD_PRELOAD shim is the whole library plus dlclose/munmap/mremap/mmap interposers, with the
+# same SONAME (so a program that links rseqrt gets one copy). It lives in a subdirectory so that
+# ldconfig, which picks one file per SONAME in a directory, never sees the two side by side.
+PRELOAD   := $(B)/lib/rseqrt/librseqrt_preload.so
+PRELOAD_SYMS := dlclose munmap mremap mmap mmap64
 STAGE     := $(CURDIR)/$(B)/stage
 
-.PHONY: all check install stage generate check-generated bench clean FORCE
+.PHONY: all deps demo check install stage generate check-generated bench clean FORCE
 
 all: $(SO) $(B)/lib/librseqrt.a $(PRELOAD) $(B)/rseqrt.pc
 
@@ -43,21 +47,31 @@ $(B)/lib/librseqrt.a: $(RUST_A)
 	@mkdir -p $(B)/lib
 	cp $< $@
 
-$(PRELOAD): $(SO) FORCE
-	RSEQRT_LIB_DIR=$(CURDIR)/$(B)/lib $(CARGO) build --release -p rseqrt-preload
-	cp target/release/librseqrt_preload.so $@
+# librseqrt.so's version script, plus the interposed C library names in glibc's version nodes
+# (programs built against glibc 2.36 reference dlclose@GLIBC_2.34 and the memory calls @GLIBC_2.2.5).
+$(B)/rseqrt_preload.map: rseqrt.map
+	@mkdir -p $(B)
+	sed -e 's/^GLIBC_2.2.5 { };/GLIBC_2.2.5 { global: munmap; mremap; mmap; mmap64; };/' \
+	    -e 's/^GLIBC_2.34 { };/GLIBC_2.34 { global: dlclose; };/' $< > $@
+
+$(PRELOAD): $(RUST_A) $(B)/rseqrt_preload.map
+	@mkdir -p $(dir $@)
+	$(CC) -shared -o $@ -Wl,--whole-archive $(RUST_A) -Wl,--no-whole-archive \
+	  $(foreach s,$(PRELOAD_SYMS),-Wl,--defsym=$(s)=rseqrt_preload_$(subst mmap64,mmap,$(s))) \
+	  -Wl,-soname,librseqrt.so.$(SOVERSION) -Wl,--version-script=$(B)/rseqrt_preload.map \
+	  -Wl,-z,now -Wl,-z,relro -Wl,--gc-sections -Wl,--no-undefined -lpthread -ldl -lc
 
 $(B)/rseqrt.pc: rseqrt.pc.in Makefile
 	@mkdir -p $(B)
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCDIR@|$(INCDIR)|; s|@VERSION@|$(VERSION)|' $< > $@
 
 install: all
-	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(LIBDIR)/rseqrt $(DESTDIR)$(INCDIR)
 	install -m 755 $(SO) $(DESTDIR)$(LIBDIR)/
 	ln -sf librseqrt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/librseqrt.so.$(SOVERSION)
 	ln -sf librseqrt.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/librseqrt.so
 	install -m 644 $(B)/lib/librseqrt.a $(DESTDIR)$(LIBDIR)/
-	install -m 755 $(PRELOAD) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(PRELOAD) $(DESTDIR)$(LIBDIR)/rseqrt/
 	install -m 644 include/rseqrt.h $(DESTDIR)$(INCDIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCDIR@|$(INCDIR)|; s|@VERSION@|$(VERSION)|' \
 	  rseqrt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/rseqrt.pc
@@ -72,7 +86,10 @@ generate:
 check-generated:
 	$(CARGO) run --release -q -p rseqrt-gen -- check
 
-check: stage check-generated
+deps:
+	scripts/install-deps
+
+check: deps stage check-generated
 	$(CARGO) test --release --workspace --exclude rseqrt-preload --exclude rseqrt-gen -- --test-threads=1
 
 bench: stage

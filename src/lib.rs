@@ -21,6 +21,7 @@ pub mod early;
 mod elf;
 mod init;
 pub mod platform;
+mod preload;
 mod unmap;
 mod real;
 mod registration;

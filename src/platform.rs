@@ -162,3 +162,16 @@ pub fn thread_count() -> SysResult<usize> {
     let field = text[after + 1..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(17).ok_or(Errno(libc::EIO))?;
     field.iter().try_fold(0usize, |acc, &d| d.is_ascii_digit().then(|| acc * 10 + (d - b'0') as usize)).ok_or(Errno(libc::EIO))
 }
+
+/// `mmap(2)` with every argument the caller's.
+pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> SysResult<usize> {
+    // SAFETY: the caller's request, validated by the kernel; the caller owns the consequences of
+    // MAP_FIXED as with the C library's mmap.
+    unsafe { sys!(libc::SYS_mmap, addr, len, prot, flags, fd, offset) }
+}
+
+/// `mremap(2)` with every argument the caller's.
+pub fn mremap(old: usize, old_size: usize, new_size: usize, flags: i32, new_address: usize) -> SysResult<usize> {
+    // SAFETY: as for `mmap`.
+    unsafe { check(syscall6(libc::SYS_mremap, old, old_size, new_size, flags as usize, new_address, 0)) }
+}

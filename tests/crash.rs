@@ -223,7 +223,7 @@ fn rows(p: &Programs, mode: Mode) -> (Vec<Row>, Vec<&'static str>) {
                 label: "preload",
                 program: p.stale.clone(),
                 method: "preload",
-                preload: Some(lib.stage.lib("librseqrt_preload.so")),
+                preload: Some(lib.stage.lib("rseqrt/librseqrt_preload.so")),
                 expect: Expect::Exit(0),
                 check_owner: false,
             });

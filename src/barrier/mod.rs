@@ -17,12 +17,16 @@
 //!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), short spin ──all clear┤
 //!    │ still referring (blocked or preempted threads)                  │
 //!    ▼                                                                 │
-//!   SIGNAL: reserved signal to each, wait (resend every 10 ms) ──all clear┘
-//!    │ deadline passed
+//!   SIGNAL: reserved signal to each, wait (resend every 10 ms) ──all clear┤
+//!    │ still referring after 20 ms (the thread blocks the signal)      │
+//!    ▼                                                                 │
+//!   BROADCAST: glibc's SIGSETXID to every glibc thread ────all clear───┘
+//!    │ deadline passed (RSEQRT_TIMEOUT_MS)
 //!    ▼
 //!   FAIL (ETIMEDOUT): the caller frees nothing
 //! ```
-//! UNKNOWN covers threads that the registry does not know (see `broadcast`).
+//! UNKNOWN covers threads that the registry does not know, and BROADCAST registered threads that
+//! block every signal but glibc's own (a `SIGEV_THREAD` callback): see `broadcast`.
 //!
 //! Cost follows the threads that matter: the scan is one load per registered thread; only
 //! threads whose `rseq_cs` refers to the memory get a system call.
@@ -58,6 +62,8 @@ const BATCH: usize = 64;
 const EXPEDITE_SPIN_NS: u64 = 50_000;
 /// Resend interval for threads that have not yet taken the signal.
 const RESEND_NS: u64 = 10_000_000;
+/// After this long, threads that still have not taken the signal are assumed to block it.
+const ESCALATE_NS: u64 = 20_000_000;
 
 /// A thread whose `rseq_cs` referred to the memory when the scan saw it.
 #[derive(Clone, Copy)]
@@ -106,7 +112,7 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
         let pending = &mut batch[..n];
         let left = expedite(pending, &mut classify);
         if left > 0 {
-            signal_and_wait(&mut pending[..left], &mut classify, deadline)?;
+            signal_and_wait(&mut pending[..left], &mut classify, deadline, flags)?;
         }
     }
     drop(guard);
@@ -174,16 +180,27 @@ fn expedite(pending: &mut [Suspect], classify: &mut Classifier<'_>) -> usize {
 
 /// SIGNAL: the reserved signal makes each remaining suspect's kernel process its `rseq_cs`
 /// before running the (empty) handler; wait until each field has changed.
-fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadline: u64) -> Result<(), Errno> {
+fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadline: u64, flags: u32) -> Result<(), Errno> {
     let sig = signal::reserved();
-    if sig == 0 {
-        return Err(Errno(libc::ENOSYS));
-    }
     let pid = platform::getpid();
     let mut left = pending.len();
     let mut pause_ns = 1_000;
+    let escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
+    let mut escalated = false;
     loop {
-        for s in &pending[..left] {
+        if !escalated && platform::monotonic_ns() >= escalate_at {
+            // BROADCAST: the remaining threads block the reserved signal (or there is none).
+            escalated = true;
+            if flags & SIGNAL_SAFE != 0 {
+                return Err(Errno(libc::EAGAIN));
+            }
+            broadcast::reach_every_libc_thread()?;
+            left = settle(&mut pending[..left], classify);
+            if left == 0 {
+                return Ok(());
+            }
+        }
+        for s in pending[..left].iter().filter(|_| sig != 0) {
             // ESRCH: the thread is gone (it cleared its own field on the way out, or never runs again).
             let _ = platform::tgkill(pid, s.tid, sig);
         }

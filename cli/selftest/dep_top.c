@@ -1,0 +1,8 @@
+/* A plugin without a critical section of its own: it calls into its DT_NEEDED dependency
+ * libselftest_dep_lib.so (found through an $ORIGIN rpath), which holds code and descriptor. */
+int selftest_dep_lib_inc(long *percpu_counters);
+
+__attribute__((visibility("default"))) int selftest_dep_inc(long *percpu_counters)
+{
+    return selftest_dep_lib_inc(percpu_counters);
+}
