@@ -89,6 +89,21 @@ check-generated:
 deps:
 	scripts/install-deps
 
+# The README's first command: build, install into build/stage, and show what rseqrt does.
+EXAMPLES := $(B)/examples
+demo: deps stage
+	@mkdir -p $(EXAMPLES)
+	$(CC) -O2 -Wall examples/hello.c $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig pkg-config --cflags --libs rseqrt) -o $(EXAMPLES)/hello
+	$(CC) -O2 -Wall -shared -fPIC examples/plugin.c -o $(EXAMPLES)/plugin.so
+	$(CC) -O2 -Wall examples/unload.c -o $(EXAMPLES)/unload -lpthread -ldl
+	@echo; echo "== what rseqrt sees (glibc registers rseq; rseqrt adopts)"; $(EXAMPLES)/hello
+	@echo; echo "== the same with glibc's registration turned off (rseqrt registers)"
+	@GLIBC_TUNABLES=glibc.pthread.rseq=0 $(EXAMPLES)/hello
+	@echo; echo "== an unmodified program unloads a plugin that a sleeping thread ran an rseq critical section in"
+	@$(EXAMPLES)/unload $(EXAMPLES)/plugin.so; echo "   exit status $$? (139 = killed by SIGSEGV)"
+	@echo; echo "== the same program with LD_PRELOAD=$(STAGE)/lib/rseqrt/librseqrt_preload.so"
+	@LD_PRELOAD=$(STAGE)/lib/rseqrt/librseqrt_preload.so $(EXAMPLES)/unload $(EXAMPLES)/plugin.so; echo "   exit status $$?"
+
 check: deps stage check-generated
 	$(CARGO) test --release --workspace --exclude rseqrt-preload --exclude rseqrt-gen -- --test-threads=1
 
