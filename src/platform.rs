@@ -150,17 +150,46 @@ pub fn sleep_ns(ns: u64) {
     let _ = unsafe { sys!(libc::SYS_clock_nanosleep, libc::CLOCK_MONOTONIC, 0, &ts as *const libc::timespec, 0) };
 }
 
-/// Number of threads in this process, from `/proc/self/stat` (field 20, `num_threads`).
+/// Number of threads in this process: the link count of `/proc/self/task` is 2 plus the number
+/// of threads, and `fstat` on a kept `O_PATH` descriptor reads it in constant time (well under a
+/// microsecond, against tens for parsing `/proc/self/stat` with a thousand threads).
+///
+/// The descriptor is reopened in a `fork()` child (it would describe the parent) and whenever it
+/// no longer names the same directory (the program closed it and the number was reused).
 pub fn thread_count() -> SysResult<usize> {
-    let fd = open_read(b"/proc/self/stat\0")?;
-    let mut buf = [0u8; 1024];
-    let n = read(fd, buf.as_mut_ptr(), buf.len());
-    close(fd);
-    let text = &buf[..n?];
-    // The command name (field 2) may contain spaces and parentheses: count fields after the last ')'.
-    let after = text.iter().rposition(|&b| b == b')').ok_or(Errno(libc::EIO))?;
-    let field = text[after + 1..].split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(17).ok_or(Errno(libc::EIO))?;
-    field.iter().try_fold(0usize, |acc, &d| d.is_ascii_digit().then(|| acc * 10 + (d - b'0') as usize)).ok_or(Errno(libc::EIO))
+    use core::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
+    static FD: AtomicI32 = AtomicI32::new(-1);
+    static OWNER_PID: AtomicI32 = AtomicI32::new(0);
+    static INODE: AtomicU64 = AtomicU64::new(0);
+    let pid = getpid();
+    let fd = FD.load(Relaxed);
+    if fd >= 0 && OWNER_PID.load(Relaxed) == pid {
+        if let Ok(st) = fstat(fd) {
+            if st.st_ino == INODE.load(Relaxed) && st.st_nlink >= 2 {
+                return Ok(st.st_nlink as usize - 2);
+            }
+        }
+    }
+    // SAFETY: a NUL-terminated literal path.
+    let fresh = unsafe {
+        sys!(libc::SYS_openat, libc::AT_FDCWD, b"/proc/self/task\0".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+    }? as i32;
+    let st = fstat(fresh)?;
+    // Publish the new descriptor; the old one is abandoned, not closed: after fork() or reuse it
+    // may be somebody else's.
+    FD.store(fresh, Relaxed);
+    INODE.store(st.st_ino, Relaxed);
+    OWNER_PID.store(pid, Relaxed);
+    Ok((st.st_nlink as usize).saturating_sub(2))
+}
+
+/// `fstat(2)`.
+fn fstat(fd: i32) -> SysResult<libc::stat> {
+    let mut st = core::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: the kernel fills the whole struct on success.
+    unsafe { sys!(libc::SYS_fstat, fd, st.as_mut_ptr()) }?;
+    // SAFETY: initialised by the successful call.
+    Ok(unsafe { st.assume_init() })
 }
 
 /// `mmap(2)` with every argument the caller's.
