@@ -268,6 +268,62 @@ static void check_fork(const char *who, struct rseq *area)
           expect_registered ? "is still registered" : "runs unregistered", status);
 }
 
+/* exec: the new image starts with a fresh registration, made by whoever owns it there (the
+ * kernel drops the old one at exec). The child re-runs this program's main-thread checks. */
+static void check_exec(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        check(0, "exec: fork(): %s", strerror(errno));
+    if (pid == 0) {
+        setenv("ABI_EXEC_CHILD", "1", 1);
+        execl("/proc/self/exe", "abi_registration", (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid)
+        check(0, "exec: waitpid: %s", strerror(errno));
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "exec: the new image passes the main-thread checks (status 0x%x)", status);
+}
+
+/* Thread exit: glibc does not unregister a thread's area before it exits (the kernel forgets it
+ * at exit), so thread-specific-data destructors still run registered. rseqrt's own exit hook
+ * (a TSD destructor created before this one) must not change that. */
+static pthread_key_t late_key;
+static volatile int exit_dtor_rc = 1, exit_dtor_errno;
+
+static void late_destructor(void *area)
+{
+    errno = 0;
+    exit_dtor_rc = (int)sys_rseq(area, reg_len, 0, TEST_RSEQ_SIG);
+    exit_dtor_errno = errno;
+}
+
+static void *exiting_thread(void *arg)
+{
+    (void)arg;
+    pthread_setspecific(late_key, abi_area());
+    return NULL;
+}
+
+static void check_thread_exit(void)
+{
+    pthread_t t;
+    if (pthread_key_create(&late_key, late_destructor) != 0 ||
+        pthread_create(&t, NULL, exiting_thread, NULL) != 0 || pthread_join(t, NULL) != 0)
+        check(0, "thread exit: could not run the thread");
+    if (expect_registered)
+        check(exit_dtor_rc == -1 && exit_dtor_errno == EBUSY,
+              "thread exit: still registered in a TSD destructor (rseq() = %d %s), as with glibc",
+              exit_dtor_rc, ename(exit_dtor_errno));
+    else
+        check(exit_dtor_rc == 0 || exit_dtor_errno == ENOSYS,
+              "thread exit: unregistered in a TSD destructor too (rseq() = %d %s)", exit_dtor_rc,
+              ename(exit_dtor_errno));
+}
+
 static void check_thread(const char *who)
 {
     struct rseq *area = abi_area();
@@ -407,7 +463,13 @@ int main(void)
         check(0, "sigaction(SIGUSR1): %s", strerror(errno));
 
     check_thread("main");
+    if (getenv("ABI_EXEC_CHILD")) {
+        printf("PASS abi_registration exec child (%s, %s)\n", build, mode);
+        return 0;
+    }
     check_fork("main", main_area);
+    check_exec();
+    check_thread_exit();
 
     struct worker workers[NTHREADS];
     if (pthread_barrier_init(&all_alive, NULL, NTHREADS + 1) != 0)

@@ -99,3 +99,29 @@ fn resolver_calls_nothing_outside_the_library() {
     assert!(seen.len() > 1, "the walk found no callees: the disassembly format changed?");
     assert!(problems.is_empty(), "the relocation-time resolver leaves the object:\n{}", problems.join("\n"));
 }
+
+/// The hook that fills the exports must be an IRELATIVE relocation in `.init_array` (a plain
+/// RELATIVE one would run the resolver as an ordinary constructor, too late for copy relocations),
+/// in both the library and the preload shim.
+#[test]
+fn exports_are_filled_by_an_irelative_relocation_in_init_array() {
+    for name in ["librseqrt.so", "rseqrt/librseqrt_preload.so"] {
+        let lib = support::stage().lib(name);
+        let lib = lib.to_str().expect("path");
+        let sections = tool("readelf", &["-SW", lib]);
+        let init = sections.lines().find(|l| l.contains(" .init_array ")).expect(".init_array section");
+        let f: Vec<&str> = init.split_whitespace().collect();
+        let at = f.iter().position(|w| *w == "INIT_ARRAY").expect("INIT_ARRAY type");
+        let (addr, size) = (u64::from_str_radix(f[at + 1], 16).unwrap(), u64::from_str_radix(f[at + 3], 16).unwrap());
+        let irelative: Vec<u64> = tool("readelf", &["-rW", lib])
+            .lines()
+            .filter(|l| l.contains("R_X86_64_IRELATIVE"))
+            .filter_map(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+            .collect();
+        println!("{name}: .init_array {addr:#x}+{size:#x}, IRELATIVE at {irelative:x?}");
+        assert!(
+            irelative.iter().any(|&slot| slot >= addr && slot < addr + size),
+            "{name}: no IRELATIVE relocation in .init_array; the exports would be filled too late"
+        );
+    }
+}

@@ -72,15 +72,24 @@ global_asm!(
     options(att_syntax)
 );
 
-// Relocation-time hook. A local IFUNC symbol whose address sits in .init_array gets an
+// Relocation-time hook. A hidden IFUNC symbol whose address sits in .init_array gets an
 // R_X86_64_IRELATIVE relocation: the dynamic linker calls the resolver (`crate::early::resolve`)
 // while relocating this object, which is before it relocates the executable (and so before any
 // R_X86_64_COPY of __rseq_offset is taken), and stores the function it returns in .init_array,
 // so that function then runs as this object's constructor.
+//
+// The IFUNC is a one-instruction stub, not a `.set` alias of the resolver: an alias of a symbol
+// in the same object is folded into it by the assembler, which drops the IFUNC type and leaves a
+// plain constructor that never fills the exports (the test in tests/early_resolver.rs and the
+// C ABI suite catch that).
 global_asm!(
     ".pushsection .text.rseqrt_early,\"ax\",@progbits",
-    ".set rseqrt_early_ifunc,{resolve}",
+    ".globl rseqrt_early_ifunc",
+    ".hidden rseqrt_early_ifunc",
     ".type rseqrt_early_ifunc,@gnu_indirect_function",
+    "rseqrt_early_ifunc:",
+    "jmp {resolve}",
+    ".size rseqrt_early_ifunc,.-rseqrt_early_ifunc",
     ".popsection",
     ".pushsection .init_array,\"aw\",@init_array",
     ".p2align 3",
