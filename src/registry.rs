@@ -148,10 +148,17 @@ impl ReadGuard {
     /// Calls `f(tid, area)` for every LIVE slot.
     pub fn for_each_live(&self, mut f: impl FnMut(i32, *mut RseqrtArea)) {
         let high = HIGH_WATER.load(Acquire);
-        for idx in 0..high {
-            let Some(s) = slot(idx) else { continue };
-            if s.state.load(SeqCst) == LIVE {
-                f(s.tid.load(Relaxed), s.area.load(Relaxed));
+        for (c, cell) in CHUNKS.iter().enumerate().take(high.div_ceil(CHUNK_SLOTS)) {
+            let chunk = cell.load(Acquire);
+            if chunk.is_null() {
+                continue;
+            }
+            // SAFETY: a published chunk is a valid, never-unmapped array of slots (see `slot`).
+            let slots = unsafe { &(&*chunk)[..(high - c * CHUNK_SLOTS).min(CHUNK_SLOTS)] };
+            for s in slots {
+                if s.state.load(SeqCst) == LIVE {
+                    f(s.tid.load(Relaxed), s.area.load(Relaxed));
+                }
             }
         }
     }

@@ -98,7 +98,9 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
     }
     let mut classify = Classifier::new(target);
     clear_own(&mut classify);
-    let deadline = platform::monotonic_ns().saturating_add(config::timeout_ns());
+    // The clock is read only once a thread needs chasing: the common call costs no system call
+    // but the unknown-thread check.
+    let mut deadline = None;
     let guard = ReadGuard::new();
     loop {
         let mut batch = [Suspect { tid: 0, area: core::ptr::null_mut() }; BATCH];
@@ -106,7 +108,9 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
         if n == 0 {
             break;
         }
-        if platform::monotonic_ns() >= deadline {
+        let now = platform::monotonic_ns();
+        let deadline = *deadline.get_or_insert_with(|| now.saturating_add(config::timeout_ns()));
+        if now >= deadline {
             return Err(Errno(libc::ETIMEDOUT)); // threads keep re-entering the memory's critical sections
         }
         let pending = &mut batch[..n];
@@ -138,10 +142,10 @@ fn clear_own(classify: &mut Classifier<'_>) {
 
 /// SCAN: collects up to `BATCH` other threads whose `rseq_cs` refers to the memory.
 fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect; BATCH]) -> usize {
-    let me = platform::gettid();
+    let mine = state::current_area();
     let mut n = 0;
     guard.for_each_live(|tid, area| {
-        if n < BATCH && tid != me && !area.is_null() && classify.refers(read_cs(area)) {
+        if n < BATCH && area != mine && !area.is_null() && classify.refers(read_cs(area)) {
             out[n] = Suspect { tid, area };
             n += 1;
         }
