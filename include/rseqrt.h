@@ -78,6 +78,8 @@ extern "C" {
 /*
  Who registered this process's rseq areas: `RSEQRT_OWNER_NONE`, `RSEQRT_OWNER_LIBC` or
  `RSEQRT_OWNER_SELF`. Async-signal-safe.
+
+ Spec: <https://sourceware.org/glibc/manual/latest/html_node/Restartable-Sequences.html>
  */
 int rseqrt_owner(void);
 
@@ -85,46 +87,62 @@ int rseqrt_owner(void);
  Registers the calling thread's rseq area (for threads not started with `pthread_create()`)
  and enters the thread in rseqrt's registry. Returns 0, or -1 with the kernel's errno
  (EBUSY: already registered, still entered in the registry; ENOSYS: no rseq).
+
+ Spec: <https://docs.kernel.org/userspace-api/rseq.html>
  */
 int rseqrt_register_current_thread(void);
 
 /*
  Unregisters the calling thread's rseq area and removes the thread from the registry.
  Returns 0, or -1 with the kernel's errno (EINVAL: not registered).
+
+ Spec: <https://docs.kernel.org/userspace-api/rseq.html>
  */
 int rseqrt_unregister_current_thread(void);
 
 /*
  The calling thread's rseq area (thread pointer + `__rseq_offset`), or NULL when rseq is
  unavailable. Async-signal-safe.
+
+ Spec: <https://sourceware.org/glibc/manual/latest/html_node/Restartable-Sequences.html>
  */
 struct rseqrt_area *rseqrt_current_area(void);
 
 /*
  The length each thread's area is registered with (the `rseq_len` argument of `rseq(2)`).
+
+ Spec: <https://docs.kernel.org/userspace-api/rseq.html>
  */
 unsigned int rseqrt_area_length(void);
 
 /*
  The CPU the calling thread runs on, like `sched_getcpu()`: the area's `cpu_id` when the
  thread is registered (one TLS load), else `getcpu(2)`. -1 with errno on failure.
+
+ Spec: <https://man7.org/linux/man-pages/man3/sched_getcpu.3.html>
  */
 int rseqrt_current_cpu(void);
 
 /*
  The NUMA node of the calling thread's CPU (`node_id` when the kernel fills it, else
  `getcpu(2)`). -1 with errno on failure.
+
+ Spec: <https://man7.org/linux/man-pages/man2/getcpu.2.html>
  */
 int rseqrt_current_node(void);
 
 /*
  The calling thread's memory-map concurrency id (`mm_cid`), or -1 with ENOSYS when the
  kernel does not provide it or the thread is not registered.
+
+ Spec: <https://docs.kernel.org/userspace-api/rseq.html>
  */
 int rseqrt_current_mm_cid(void);
 
 /*
  The real-time signal rseqrt reserves for its barrier (set with `RSEQRT_SIGNAL`), or 0.
+
+ Spec: <https://man7.org/linux/man-pages/man7/signal.7.html>
  */
 int rseqrt_signal(void);
 
@@ -135,12 +153,16 @@ int rseqrt_signal(void);
  aborted. -1 with errno: EINVAL (unknown flag, or `len` 0), ETIMEDOUT (a thread did not
  respond within `RSEQRT_TIMEOUT_MS`), EAGAIN (with `RSEQRT_CLEAR_SIGNAL_SAFE`, a thread could
  only be reached unsafely).
+
+ Spec: the "rseq-clear" barrier proposed on LKML, January 2020 (README, "How the barrier works")
  */
 int rseqrt_clear(const void *addr, uintptr_t len, unsigned int flags);
 
 /*
  The barrier for every thread and every `rseq_cs`: when it returns 0, every thread's
  `rseq_cs` is 0 or has been looked at by its own kernel since the call began.
+
+ Spec: the "rseq-clear" barrier proposed on LKML, January 2020 (README, "How the barrier works")
  */
 int rseqrt_clear_all(unsigned int flags);
 
@@ -148,6 +170,8 @@ int rseqrt_clear_all(unsigned int flags);
  `dlclose()` after the barrier over every object it may unmap (the handle's object and its
  dependencies). Returns what `dlclose()` returns (`dlerror()` describes its errors); -1 with
  errno, and the handle still open, when the barrier fails.
+
+ Spec: <https://man7.org/linux/man-pages/man3/dlclose.3.html>
  */
 int rseqrt_dlclose(void *handle);
 
@@ -155,6 +179,8 @@ int rseqrt_dlclose(void *handle);
  `munmap()` after the barrier over `[addr, addr + len)`. Returns 0, or -1 with errno: EINVAL
  as `munmap()` gives it (unaligned address, zero length), or the barrier's error, in which
  case nothing was unmapped. Allocates nothing and takes no lock that malloc may hold.
+
+ Spec: <https://man7.org/linux/man-pages/man2/munmap.2.html>
  */
 int rseqrt_munmap(void *addr, uintptr_t len);
 

@@ -1,4 +1,6 @@
 //! The C interface, `include/rseqrt.h` (generated from this file by cbindgen).
+//! Specs: the kernel's rseq ABI <https://docs.kernel.org/userspace-api/rseq.html>, glibc's
+//! <https://sourceware.org/glibc/manual/latest/html_node/Restartable-Sequences.html>.
 //!
 //! Every entry point returns the C convention of the call it mirrors: 0 or -1 with `errno`
 //! (through [`cvt`]). None can panic: the library is built with `panic = "abort"` and these
@@ -34,6 +36,8 @@ fn cvt(result: Result<(), Errno>) -> c_int {
 
 /// Who registered this process's rseq areas: `RSEQRT_OWNER_NONE`, `RSEQRT_OWNER_LIBC` or
 /// `RSEQRT_OWNER_SELF`. Async-signal-safe.
+///
+/// Spec: <https://sourceware.org/glibc/manual/latest/html_node/Restartable-Sequences.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_owner() -> c_int {
     crate::owner() as c_int
@@ -42,6 +46,8 @@ pub extern "C" fn rseqrt_owner() -> c_int {
 /// Registers the calling thread's rseq area (for threads not started with `pthread_create()`)
 /// and enters the thread in rseqrt's registry. Returns 0, or -1 with the kernel's errno
 /// (EBUSY: already registered, still entered in the registry; ENOSYS: no rseq).
+///
+/// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_register_current_thread() -> c_int {
     cvt(crate::register_current_thread())
@@ -49,6 +55,8 @@ pub extern "C" fn rseqrt_register_current_thread() -> c_int {
 
 /// Unregisters the calling thread's rseq area and removes the thread from the registry.
 /// Returns 0, or -1 with the kernel's errno (EINVAL: not registered).
+///
+/// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_unregister_current_thread() -> c_int {
     cvt(crate::unregister_current_thread())
@@ -56,12 +64,16 @@ pub extern "C" fn rseqrt_unregister_current_thread() -> c_int {
 
 /// The calling thread's rseq area (thread pointer + `__rseq_offset`), or NULL when rseq is
 /// unavailable. Async-signal-safe.
+///
+/// Spec: <https://sourceware.org/glibc/manual/latest/html_node/Restartable-Sequences.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_current_area() -> *mut RseqrtArea {
     crate::area().map_or(core::ptr::null_mut(), |p| p.as_ptr())
 }
 
 /// The length each thread's area is registered with (the `rseq_len` argument of `rseq(2)`).
+///
+/// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_area_length() -> c_uint {
     crate::area_length()
@@ -69,6 +81,8 @@ pub extern "C" fn rseqrt_area_length() -> c_uint {
 
 /// The CPU the calling thread runs on, like `sched_getcpu()`: the area's `cpu_id` when the
 /// thread is registered (one TLS load), else `getcpu(2)`. -1 with errno on failure.
+///
+/// Spec: <https://man7.org/linux/man-pages/man3/sched_getcpu.3.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_current_cpu() -> c_int {
     crate::current_cpu().map_or_else(|e| cvt(Err(e)), |cpu| cpu as c_int)
@@ -76,6 +90,8 @@ pub extern "C" fn rseqrt_current_cpu() -> c_int {
 
 /// The NUMA node of the calling thread's CPU (`node_id` when the kernel fills it, else
 /// `getcpu(2)`). -1 with errno on failure.
+///
+/// Spec: <https://man7.org/linux/man-pages/man2/getcpu.2.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_current_node() -> c_int {
     crate::current_node().map_or_else(|e| cvt(Err(e)), |node| node as c_int)
@@ -83,12 +99,16 @@ pub extern "C" fn rseqrt_current_node() -> c_int {
 
 /// The calling thread's memory-map concurrency id (`mm_cid`), or -1 with ENOSYS when the
 /// kernel does not provide it or the thread is not registered.
+///
+/// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_current_mm_cid() -> c_int {
     crate::current_mm_cid().map_or_else(|e| cvt(Err(e)), |cid| cid as c_int)
 }
 
 /// The real-time signal rseqrt reserves for its barrier (set with `RSEQRT_SIGNAL`), or 0.
+///
+/// Spec: <https://man7.org/linux/man-pages/man7/signal.7.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_signal() -> c_int {
     crate::reserved_signal()
@@ -100,6 +120,8 @@ pub extern "C" fn rseqrt_signal() -> c_int {
 /// aborted. -1 with errno: EINVAL (unknown flag, or `len` 0), ETIMEDOUT (a thread did not
 /// respond within `RSEQRT_TIMEOUT_MS`), EAGAIN (with `RSEQRT_CLEAR_SIGNAL_SAFE`, a thread could
 /// only be reached unsafely).
+///
+/// Spec: the "rseq-clear" barrier proposed on LKML, January 2020 (README, "How the barrier works")
 #[no_mangle]
 pub extern "C" fn rseqrt_clear(addr: *const c_void, len: usize, flags: c_uint) -> c_int {
     if len == 0 {
@@ -110,6 +132,8 @@ pub extern "C" fn rseqrt_clear(addr: *const c_void, len: usize, flags: c_uint) -
 
 /// The barrier for every thread and every `rseq_cs`: when it returns 0, every thread's
 /// `rseq_cs` is 0 or has been looked at by its own kernel since the call began.
+///
+/// Spec: the "rseq-clear" barrier proposed on LKML, January 2020 (README, "How the barrier works")
 #[no_mangle]
 pub extern "C" fn rseqrt_clear_all(flags: c_uint) -> c_int {
     cvt(barrier::clear_all(flags))
@@ -118,6 +142,8 @@ pub extern "C" fn rseqrt_clear_all(flags: c_uint) -> c_int {
 /// `dlclose()` after the barrier over every object it may unmap (the handle's object and its
 /// dependencies). Returns what `dlclose()` returns (`dlerror()` describes its errors); -1 with
 /// errno, and the handle still open, when the barrier fails.
+///
+/// Spec: <https://man7.org/linux/man-pages/man3/dlclose.3.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_dlclose(handle: *mut c_void) -> c_int {
     unmap::dlclose(handle).unwrap_or_else(|e| cvt(Err(e)))
@@ -126,6 +152,8 @@ pub extern "C" fn rseqrt_dlclose(handle: *mut c_void) -> c_int {
 /// `munmap()` after the barrier over `[addr, addr + len)`. Returns 0, or -1 with errno: EINVAL
 /// as `munmap()` gives it (unaligned address, zero length), or the barrier's error, in which
 /// case nothing was unmapped. Allocates nothing and takes no lock that malloc may hold.
+///
+/// Spec: <https://man7.org/linux/man-pages/man2/munmap.2.html>
 #[no_mangle]
 pub extern "C" fn rseqrt_munmap(addr: *mut c_void, len: usize) -> c_int {
     cvt(unmap::munmap(addr, len))
