@@ -27,7 +27,7 @@ STAGE     := $(CURDIR)/$(B)/stage
 
 .PHONY: all deps demo check install stage generate check-generated bench clean FORCE
 
-all: $(SO) $(B)/lib/librseqrt.a $(PRELOAD) $(B)/rseqrt.pc
+all: $(SO) $(B)/lib/librseqrt.a $(PRELOAD) $(B)/rseqrt.pc $(B)/bin/rseqrt
 
 # Cargo decides what is stale; FORCE makes make ask it every time.
 $(RUST_A): FORCE
@@ -61,6 +61,12 @@ $(PRELOAD): $(RUST_A) $(B)/rseqrt_preload.map
 	  -Wl,-soname,librseqrt.so.$(SOVERSION) -Wl,--version-script=$(B)/rseqrt_preload.map \
 	  -Wl,-z,now -Wl,-z,relro -Wl,--gc-sections -Wl,--no-undefined -lpthread -ldl -lc
 
+# The rseqrt command (info, selftest, bench); links the crate, embeds its selftest plugins.
+$(B)/bin/rseqrt: FORCE
+	$(CARGO) build --release -p rseqrt-cli
+	@mkdir -p $(B)/bin
+	cp target/release/rseqrt $@
+
 $(B)/rseqrt.pc: rseqrt.pc.in Makefile
 	@mkdir -p $(B)
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCDIR@|$(INCDIR)|; s|@VERSION@|$(VERSION)|' $< > $@
@@ -73,6 +79,7 @@ install: all
 	install -m 644 $(B)/lib/librseqrt.a $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(PRELOAD) $(DESTDIR)$(LIBDIR)/rseqrt/
 	install -m 644 include/rseqrt.h $(DESTDIR)$(INCDIR)/
+	install -d $(DESTDIR)$(BINDIR) && install -m 755 $(B)/bin/rseqrt $(DESTDIR)$(BINDIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCDIR@|$(INCDIR)|; s|@VERSION@|$(VERSION)|' \
 	  rseqrt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/rseqrt.pc
 
@@ -107,8 +114,10 @@ demo: deps stage
 check: deps stage check-generated
 	$(CARGO) test --release --workspace --exclude rseqrt-preload --exclude rseqrt-gen -- --test-threads=1
 
-bench: stage
-	$(CARGO) run --release -q -p rseqrt-cli -- bench
+# Benchmarks: C programs compiled at run time against the freshly built build/lib/librseqrt.so;
+# results (Markdown, JSON, SVG) under docs/bench/.
+bench: all
+	$(CARGO) run --release -q -p rseqrt-cli -- bench --lib-dir $(CURDIR)/$(B)/lib --out $(CURDIR)/docs/bench
 
 clean:
 	$(CARGO) clean

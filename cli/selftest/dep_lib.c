@@ -6,3 +6,9 @@ __attribute__((visibility("default"))) int selftest_dep_lib_inc(long *percpu_cou
 {
     return rseq_cs_inc(percpu_counters);
 }
+
+/* The calling thread's rseq_cs (0 when nothing is stale). */
+__attribute__((visibility("default"))) unsigned long selftest_dep_lib_current_cs(void)
+{
+    return rseq_cs_registered() ? (unsigned long)rseq_cs_current() : 0;
+}

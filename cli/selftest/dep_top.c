@@ -6,3 +6,10 @@ __attribute__((visibility("default"))) int selftest_dep_inc(long *percpu_counter
 {
     return selftest_dep_lib_inc(percpu_counters);
 }
+
+unsigned long selftest_dep_lib_current_cs(void);
+
+__attribute__((visibility("default"))) unsigned long selftest_dep_current_cs(void)
+{
+    return selftest_dep_lib_current_cs();
+}

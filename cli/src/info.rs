@@ -27,8 +27,12 @@ extern "C" {
     fn gnu_get_libc_version() -> *const c_char;
 }
 
-/// glibc's own rseq exports, read from the dynamic linker (rseqrt interposes the same names, so
-/// a lookup by name could find rseqrt's definition first).
+/// glibc's own rseq exports, defined by the dynamic linker (`ld-linux-x86-64.so.2`, version
+/// GLIBC_2.35). rseqrt interposes the same names (this very program defines them, and so does a
+/// program linked with librseqrt), so a lookup from the global scope (`RTLD_DEFAULT`) finds
+/// rseqrt's definition first. A handle on ld.so itself cannot be searched (the dynamic linker's
+/// own object has no search list), so the lookup goes through libc.so.6's handle, whose local
+/// scope is libc.so.6 and its dependency ld.so: glibc's definitions, whatever else is loaded.
 pub struct GlibcRseq {
     pub offset: isize,
     pub size: u32,
@@ -39,18 +43,18 @@ pub fn glibc_rseq() -> Option<GlibcRseq> {
     // SAFETY: RTLD_NOLOAD only returns a handle for an object that is already loaded; dlvsym
     // returns the address of a versioned data symbol, read with its declared type.
     unsafe {
-        let ldso = [c"ld-linux-x86-64.so.2", c"ld-linux-aarch64.so.1", c"ld-linux.so.2"]
-            .iter()
-            .map(|n| libc::dlopen(n.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY))
-            .find(|h| !h.is_null())?;
-        let sym = |name: &CStr| libc::dlvsym(ldso, name.as_ptr(), c"GLIBC_2.35".as_ptr());
+        let libc_h = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY);
+        if libc_h.is_null() {
+            return None;
+        }
+        let sym = |name: &CStr| libc::dlvsym(libc_h, name.as_ptr(), c"GLIBC_2.35".as_ptr());
         let (off, size, flags) = (sym(c"__rseq_offset"), sym(c"__rseq_size"), sym(c"__rseq_flags"));
         let r = (!off.is_null() && !size.is_null()).then(|| GlibcRseq {
             offset: *(off as *const isize),
             size: *(size as *const u32),
             flags: if flags.is_null() { 0 } else { *(flags as *const u32) },
         });
-        libc::dlclose(ldso);
+        libc::dlclose(libc_h);
         r
     }
 }
@@ -230,6 +234,7 @@ pub fn run(args: &[String]) -> i32 {
     }
     println!("rseqrt (this process)");
     println!("  owner mode:                {} ({})", s(&["rseqrt", "owner"]), s(&["rseqrt", "owner_meaning"]));
+    let registers = matches!(get(&j, &["libc", "registers_rseq"]), Json::Bool(true));
     let would = if registers {
         "libc (glibc registers; rseqrt adopts). With GLIBC_TUNABLES=glibc.pthread.rseq=0: self"
     } else if rseqrt::owner() == Owner::None {

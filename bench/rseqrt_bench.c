@@ -1,0 +1,461 @@
+/* rseqrt_bench: the measuring side of `rseqrt bench` (the CLI compiles this file at run time,
+ * once linked against librseqrt.so with -DWITH_RSEQRT, once against glibc alone, runs it, and
+ * turns its output into medians, ratios and plots).
+ *
+ *   rseqrt_bench dlclose PLUGIN THREADS REPS ITERS
+ *   rseqrt_bench barrier THREADS REPS ITERS
+ *   rseqrt_bench munmap THREADS REPS ITERS [preload]
+ *   rseqrt_bench threads REPS ITERS
+ *   rseqrt_bench cpu REPS ITERS
+ *
+ * Output: one line per repetition and measurement, "KEY NANOSECONDS", the median over ITERS
+ * iterations of that repetition (per operation). Within a repetition the compared calls
+ * alternate iteration by iteration, so that noise on this shared machine hits them alike.
+ * Lines starting with '#' are information ("# owner 1", "# stale 999.5").
+ *
+ * Idle threads wait in sem_wait() (blocked in the kernel). A "referring" thread has been told
+ * to run the plugin's critical section once before it went back to sleep: its rseq_cs is then a
+ * stale pointer into the plugin. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef WITH_RSEQRT
+/* The few rseqrt entry points used here (as declared by <rseqrt.h>). */
+int rseqrt_owner(void);
+void *rseqrt_current_area(void);
+int rseqrt_current_cpu(void);
+int rseqrt_clear_all(unsigned int flags);
+int rseqrt_dlclose(void *handle);
+int rseqrt_munmap(void *addr, size_t len);
+#endif
+
+#define MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ (1 << 7)
+#define MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ (1 << 8)
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "rseqrt_bench: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(uint64_t *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_u64);
+    return n % 2 ? (double)v[n / 2] : ((double)v[n / 2 - 1] + (double)v[n / 2]) / 2.0;
+}
+
+static void report(const char *key, uint64_t *samples, int n)
+{
+    printf("%s %.1f\n", key, median(samples, n));
+}
+
+/* ---- idle threads ------------------------------------------------------------------------ */
+
+enum { CMD_NOTHING, CMD_RUN_CS, CMD_QUIT };
+
+struct worker {
+    pthread_t thread;
+    sem_t go;
+    _Atomic int cmd;
+    _Atomic pid_t tid;
+    _Atomic(uint64_t *) rseq_cs; /* address of the thread's rseq_cs field (linked build) */
+} __attribute__((aligned(64)));
+
+static struct worker *workers;
+static int nworkers;
+static atomic_int acks;
+static int (*_Atomic cs_fn)(long *);
+static long counters[4096];
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    atomic_store(&w->tid, (pid_t)syscall(SYS_gettid));
+#ifdef WITH_RSEQRT
+    char *area = rseqrt_current_area();
+    atomic_store(&w->rseq_cs, area ? (uint64_t *)(area + 8) : NULL);
+#endif
+    atomic_fetch_add(&acks, 1);
+    for (;;) {
+        while (sem_wait(&w->go) != 0)
+            ;
+        int cmd = atomic_load(&w->cmd);
+        if (cmd == CMD_QUIT)
+            return NULL;
+        if (cmd == CMD_RUN_CS)
+            atomic_load(&cs_fn)(counters);
+        atomic_fetch_add(&acks, 1);
+    }
+}
+
+static void wait_acks(int n)
+{
+    while (atomic_load(&acks) < n)
+        sched_yield();
+}
+
+static void start_workers(int n)
+{
+    nworkers = n;
+    workers = calloc((size_t)n, sizeof *workers);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 128 * 1024);
+    atomic_store(&acks, 0);
+    for (int i = 0; i < n; i++) {
+        sem_init(&workers[i].go, 0, 0);
+        if (pthread_create(&workers[i].thread, &attr, worker_main, &workers[i]) != 0)
+            die("pthread_create");
+    }
+    wait_acks(n);
+}
+
+static void stop_workers(void)
+{
+    for (int i = 0; i < nworkers; i++) {
+        atomic_store(&workers[i].cmd, CMD_QUIT);
+        sem_post(&workers[i].go);
+    }
+    for (int i = 0; i < nworkers; i++)
+        pthread_join(workers[i].thread, NULL);
+    free(workers);
+}
+
+/* Makes workers [0, k) run the critical section once and go back to sleep (stale rseq_cs). */
+static void make_stale(int k, int (*fn)(long *))
+{
+    atomic_store(&cs_fn, fn);
+    atomic_store(&acks, 0);
+    for (int i = 0; i < k; i++) {
+        atomic_store(&workers[i].cmd, CMD_RUN_CS);
+        sem_post(&workers[i].go);
+    }
+    wait_acks(k);
+}
+
+/* How many workers have a non-zero rseq_cs right now (linked build; -1 if unknown). */
+static int __attribute__((unused)) count_stale(void)
+{
+    int n = 0;
+    for (int i = 0; i < nworkers; i++) {
+        uint64_t *p = atomic_load(&workers[i].rseq_cs);
+        if (!p)
+            return -1;
+        n += __atomic_load_n(p, __ATOMIC_RELAXED) != 0;
+    }
+    return n;
+}
+
+/* ---- dlclose ----------------------------------------------------------------------------- */
+
+static void bench_dlclose(const char *plugin, int threads, int reps, int iters)
+{
+#ifdef WITH_RSEQRT
+    start_workers(threads);
+    int ks[3] = {0, 1, threads};
+    int nk = threads > 1 ? 3 : 2;
+    const char *knames[3] = {"rseqrt_k0", "rseqrt_k1", "rseqrt_kall"};
+    uint64_t *plain = calloc((size_t)iters, 8), *rs[3];
+    for (int j = 0; j < 3; j++)
+        rs[j] = calloc((size_t)iters, 8);
+    double stale_sum = 0;
+    int stale_n = 0;
+    for (int r = 0; r < reps; r++) {
+        for (int i = 0; i < iters; i++) {
+            for (int j = -1; j < nk; j++) {
+                void *h = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
+                if (!h) {
+                    fprintf(stderr, "dlopen: %s\n", dlerror());
+                    exit(2);
+                }
+                int (*inc)(long *) = (int (*)(long *))dlsym(h, "selftest_inc");
+                if (j >= 0 && ks[j] > 0) {
+                    make_stale(ks[j], inc);
+                    int s = count_stale();
+                    if (j == nk - 1 && s >= 0) {
+                        stale_sum += s;
+                        stale_n++;
+                    }
+                }
+                uint64_t t0 = now_ns();
+                int rc = j < 0 ? dlclose(h) : rseqrt_dlclose(h);
+                uint64_t t1 = now_ns();
+                if (rc != 0) {
+                    fprintf(stderr, "dlclose failed: %s\n", dlerror());
+                    exit(3);
+                }
+                if (j < 0)
+                    plain[i] = t1 - t0;
+                else
+                    rs[j][i] = t1 - t0;
+            }
+        }
+        report("plain", plain, iters);
+        for (int j = 0; j < nk; j++)
+            report(knames[j], rs[j], iters);
+    }
+    if (stale_n)
+        printf("# stale_all %.1f\n", stale_sum / stale_n);
+    stop_workers();
+#else
+    (void)plugin, (void)threads, (void)reps, (void)iters;
+    fprintf(stderr, "dlclose: needs the linked build\n");
+    exit(2);
+#endif
+}
+
+/* ---- barrier and its alternatives -------------------------------------------------------- */
+
+static atomic_int naive_acks;
+
+static void naive_handler(int sig)
+{
+    (void)sig;
+    atomic_fetch_add(&naive_acks, 1);
+}
+
+static void naive_broadcast(void)
+{
+    pid_t pid = getpid();
+    atomic_store(&naive_acks, 0);
+    for (int i = 0; i < nworkers; i++)
+        syscall(SYS_tgkill, pid, atomic_load(&workers[i].tid), SIGUSR1);
+    while (atomic_load(&naive_acks) < nworkers)
+        sched_yield();
+}
+
+static void bench_barrier(const char *plugin, int threads, int reps, int iters)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = naive_handler;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &sa, NULL);
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0)
+        die("membarrier register");
+    void *h = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        die("dlopen");
+    int (*inc)(long *) = (int (*)(long *))dlsym(h, "selftest_inc");
+    start_workers(threads);
+    enum { IDLE, STALE, NAIVE, GLIBC, MEMB, NM };
+    const char *names[NM] = {"rseqrt_idle", "rseqrt_stale", "naive", "glibc", "membarrier"};
+    uint64_t *s[NM];
+    for (int m = 0; m < NM; m++)
+        s[m] = calloc((size_t)iters, 8);
+    uid_t uid = getuid();
+    for (int r = 0; r < reps; r++) {
+        for (int i = 0; i < iters; i++) {
+            for (int m = 0; m < NM; m++) {
+#ifndef WITH_RSEQRT
+                if (m == IDLE || m == STALE)
+                    continue;
+#endif
+                if (m == STALE)
+                    make_stale(threads, inc);
+                uint64_t t0 = now_ns();
+                switch (m) {
+#ifdef WITH_RSEQRT
+                case IDLE:
+                case STALE:
+                    if (rseqrt_clear_all(0) != 0)
+                        die("rseqrt_clear_all");
+                    break;
+#endif
+                case NAIVE:
+                    naive_broadcast();
+                    break;
+                case GLIBC:
+                    if (setuid(uid) != 0)
+                        die("setuid");
+                    break;
+                case MEMB:
+                    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0)
+                        die("membarrier");
+                    break;
+                }
+                s[m][i] = now_ns() - t0;
+            }
+        }
+        for (int m = 0; m < NM; m++) {
+#ifndef WITH_RSEQRT
+            if (m == IDLE || m == STALE)
+                continue;
+#endif
+            report(names[m], s[m], iters);
+        }
+    }
+    stop_workers();
+}
+
+/* ---- munmap ------------------------------------------------------------------------------ */
+
+static void bench_munmap(int threads, int reps, int iters, int preload)
+{
+    start_workers(threads);
+    const size_t len = 16 * 4096;
+    uint64_t *a = calloc((size_t)iters, 8), *b = calloc((size_t)iters, 8);
+    if (preload) {
+        /* munmap must be the shim's, not the C library's. */
+        void *libc_h = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
+        void *ours = dlsym(RTLD_DEFAULT, "munmap"), *theirs = libc_h ? dlsym(libc_h, "munmap") : NULL;
+        Dl_info info;
+        if (ours == theirs || !dladdr(ours, &info) || !strstr(info.dli_fname, "rseqrt")) {
+            fprintf(stderr, "munmap preload: munmap is not interposed by librseqrt_preload.so\n");
+            exit(4);
+        }
+    }
+    for (int r = 0; r < reps; r++) {
+        for (int i = 0; i < iters; i++) {
+            for (int m = 0; m < 2; m++) {
+                char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+                if (p == MAP_FAILED)
+                    die("mmap");
+                for (size_t o = 0; o < len; o += 4096)
+                    p[o] = 1;
+                uint64_t t0 = now_ns();
+                int rc;
+                if (preload)
+                    rc = m == 0 ? (int)syscall(SYS_munmap, p, len) : munmap(p, len);
+                else
+#ifdef WITH_RSEQRT
+                    rc = m == 0 ? munmap(p, len) : rseqrt_munmap(p, len);
+#else
+                    rc = munmap(p, len);
+#endif
+                uint64_t t1 = now_ns();
+                if (rc != 0)
+                    die("munmap");
+                (m == 0 ? a : b)[i] = t1 - t0;
+            }
+        }
+        report(preload ? "syscall" : "plain", a, iters);
+        report(preload ? "preloaded" : "rseqrt", b, iters);
+    }
+    stop_workers();
+}
+
+/* ---- thread start ------------------------------------------------------------------------ */
+
+static void *empty(void *arg)
+{
+    return arg;
+}
+
+static void bench_threads(int reps, int iters)
+{
+    uint64_t *s = calloc((size_t)iters, 8);
+    for (int i = 0; i < 20; i++) { /* warm up: stacks cached, lazy bindings resolved */
+        pthread_t t;
+        pthread_create(&t, NULL, empty, NULL);
+        pthread_join(t, NULL);
+    }
+    for (int r = 0; r < reps; r++) {
+        for (int i = 0; i < iters; i++) {
+            pthread_t t;
+            uint64_t t0 = now_ns();
+            if (pthread_create(&t, NULL, empty, NULL) != 0)
+                die("pthread_create");
+            pthread_join(t, NULL);
+            s[i] = now_ns() - t0;
+        }
+        report("create_join", s, iters);
+    }
+}
+
+/* ---- current CPU ------------------------------------------------------------------------- */
+
+static void bench_cpu(int reps, int iters)
+{
+    enum { BATCH = 20000 };
+    const char *names[3] = {"rseqrt", "sched_getcpu", "getcpu_syscall"};
+    uint64_t *s[3];
+    for (int m = 0; m < 3; m++)
+        s[m] = calloc((size_t)iters, 8);
+    volatile int sink = 0;
+    for (int r = 0; r < reps; r++) {
+        for (int i = 0; i < iters; i++) {
+            for (int m = 0; m < 3; m++) {
+#ifndef WITH_RSEQRT
+                if (m == 0)
+                    continue;
+#endif
+                int n = m == 2 ? BATCH / 20 : BATCH;
+                uint64_t t0 = now_ns();
+                for (int k = 0; k < n; k++) {
+                    switch (m) {
+#ifdef WITH_RSEQRT
+                    case 0: sink += rseqrt_current_cpu(); break;
+#endif
+                    case 1: sink += sched_getcpu(); break;
+                    default: {
+                        unsigned cpu;
+                        syscall(SYS_getcpu, &cpu, NULL, NULL);
+                        sink += (int)cpu;
+                    }
+                    }
+                }
+                /* per call, in hundredths of a nanosecond, so the median keeps its precision */
+                s[m][i] = (now_ns() - t0) * 100 / (uint64_t)n;
+            }
+        }
+        for (int m = 0; m < 3; m++) {
+#ifndef WITH_RSEQRT
+            if (m == 0)
+                continue;
+#endif
+            printf("%s %.2f\n", names[m], median(s[m], iters) / 100.0);
+        }
+    }
+    (void)sink;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+#ifdef WITH_RSEQRT
+    printf("# owner %d\n", rseqrt_owner());
+#endif
+    if (argc >= 6 && !strcmp(argv[1], "dlclose"))
+        bench_dlclose(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    else if (argc >= 6 && !strcmp(argv[1], "barrier"))
+        bench_barrier(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    else if (argc >= 5 && !strcmp(argv[1], "munmap"))
+        bench_munmap(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), argc > 5 && !strcmp(argv[5], "preload"));
+    else if (argc >= 4 && !strcmp(argv[1], "threads"))
+        bench_threads(atoi(argv[2]), atoi(argv[3]));
+    else if (argc >= 4 && !strcmp(argv[1], "cpu"))
+        bench_cpu(atoi(argv[2]), atoi(argv[3]));
+    else {
+        fprintf(stderr, "usage: see the comment at the top of rseqrt_bench.c\n");
+        return 2;
+    }
+    return 0;
+}

@@ -1,0 +1,451 @@
+//! `rseqrt bench`: compiles the C benchmark program (bench/rseqrt_bench.c, embedded) against the
+//! C library, runs it in child processes, and writes medians, ratios and a plot.
+//!
+//! Every comparison is made inside one run: the compared calls alternate iteration by iteration
+//! inside one process (or, for thread start, the compared processes alternate), each repetition
+//! yields one median per call, and a ratio is the median over repetitions of the per-repetition
+//! ratio (paired), which cancels most of the drift of a shared, noisy machine.
+
+use crate::json::Json;
+use crate::selftest::{write_plugins, TempDir};
+use crate::svg::{line_chart, Series};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const BENCH_C: &str = include_str!("../../bench/rseqrt_bench.c");
+const TUNABLE_OFF: &str = "glibc.pthread.rseq=0";
+
+struct Opts {
+    quick: bool,
+    out: PathBuf,
+    lib_dir: PathBuf,
+}
+
+/// The source tree this binary was built from, when it is still there.
+fn source_root() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.join("Cargo.toml").exists().then(|| root.canonicalize().unwrap_or(root))
+}
+
+fn default_lib_dir() -> PathBuf {
+    if let Some(root) = source_root() {
+        if root.join("build/lib/librseqrt.so").exists() {
+            return root.join("build/lib");
+        }
+    }
+    std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("../lib"))).unwrap_or_else(|| "build/lib".into())
+}
+
+fn default_out() -> PathBuf {
+    source_root().map_or_else(|| PathBuf::from("rseqrt-bench"), |r| r.join("docs/bench"))
+}
+
+/// Per-key lists of per-repetition medians, plus '#' info lines.
+#[derive(Default)]
+struct Samples {
+    values: BTreeMap<String, Vec<f64>>,
+    info: BTreeMap<String, f64>,
+}
+
+impl Samples {
+    fn get(&self, key: &str) -> &[f64] {
+        self.values.get(key).map_or(&[], |v| v.as_slice())
+    }
+    fn median(&self, key: &str) -> Option<f64> {
+        median(self.get(key).to_vec())
+    }
+    /// Median over repetitions of a/b.
+    fn ratio(&self, a: &str, b: &str) -> Option<f64> {
+        let (a, b) = (self.get(a), self.get(b));
+        median(a.iter().zip(b).filter(|(_, y)| **y > 0.0).map(|(x, y)| x / y).collect())
+    }
+    fn merge(&mut self, other: Samples, prefix: &str) {
+        for (k, v) in other.values {
+            self.values.entry(format!("{prefix}{k}")).or_default().extend(v);
+        }
+        for (k, v) in other.info {
+            self.info.insert(format!("{prefix}{k}"), v);
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+struct Programs {
+    linked: PathBuf,
+    plain: PathBuf,
+    plugin: PathBuf,
+    preload: Option<PathBuf>,
+    lib_dir: PathBuf,
+}
+
+fn compile(dir: &Path, lib_dir: &Path) -> Result<Programs, String> {
+    let src = dir.join("rseqrt_bench.c");
+    std::fs::write(&src, BENCH_C).map_err(|e| e.to_string())?;
+    write_plugins(dir).map_err(|e| e.to_string())?;
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let linked = dir.join("rseqrt_bench");
+    let plain = dir.join("rseqrt_bench_plain");
+    let run = |args: Vec<String>| -> Result<(), String> {
+        let out = Command::new(&cc).args(&args).output().map_err(|e| format!("running {cc}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{cc} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+        }
+    };
+    let lib = lib_dir.display().to_string();
+    run(vec!["-O2".into(), "-DWITH_RSEQRT".into(), "-o".into(), linked.display().to_string(), src.display().to_string(),
+             format!("-L{lib}"), "-lrseqrt".into(), format!("-Wl,-rpath,{lib}"), "-lpthread".into(), "-ldl".into()])?;
+    run(vec!["-O2".into(), "-o".into(), plain.display().to_string(), src.display().to_string(), "-lpthread".into(), "-ldl".into()])?;
+    let preload = [lib_dir.join("rseqrt/librseqrt_preload.so"), lib_dir.join("librseqrt_preload.so")].into_iter().find(|p| p.exists());
+    Ok(Programs { linked, plain, plugin: dir.join("libselftest_plugin.so"), preload, lib_dir: lib_dir.to_path_buf() })
+}
+
+/// Runs one benchmark child and parses its output.
+fn run_prog(prog: &Path, args: &[String], env: &[(&str, String)]) -> Result<Samples, String> {
+    let mut cmd = Command::new(prog);
+    cmd.args(args).stdin(Stdio::null()).env_remove("LD_PRELOAD").env_remove("GLIBC_TUNABLES");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().map_err(|e| format!("{}: {e}", prog.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} {} failed ({}): {}", prog.display(), args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let mut s = Samples::default();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        match parts.as_slice() {
+            ["#", key, v] => {
+                if let Ok(v) = v.parse() {
+                    s.info.insert(key.to_string(), v);
+                }
+            }
+            [key, v] => {
+                if let Ok(v) = v.parse() {
+                    s.values.entry(key.to_string()).or_default().push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(s)
+}
+
+fn a(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn us(ns: Option<f64>) -> String {
+    match ns {
+        Some(n) if n >= 100_000.0 => format!("{:.0} us", n / 1000.0),
+        Some(n) if n >= 1000.0 => format!("{:.1} us", n / 1000.0),
+        Some(n) if n >= 100.0 => format!("{n:.0} ns"),
+        Some(n) => format!("{n:.2} ns"),
+        None => "n/a".into(),
+    }
+}
+
+fn ratio_s(r: Option<f64>) -> String {
+    r.map_or("n/a".into(), |r| format!("{r:.2}x"))
+}
+
+struct Target {
+    what: String,
+    ratio: Option<f64>,
+    limit: f64,
+}
+
+impl Target {
+    fn met(&self) -> Option<bool> {
+        self.ratio.map(|r| r <= self.limit)
+    }
+    fn json(&self) -> Json {
+        Json::obj().with("target", self.what.as_str()).with("ratio", self.ratio).with("limit", self.limit).with("met", self.met())
+    }
+}
+
+pub fn run(args: &[String]) -> i32 {
+    let mut opts = Opts { quick: false, out: default_out(), lib_dir: default_lib_dir() };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--out" => match it.next() {
+                Some(d) => opts.out = d.into(),
+                None => return usage("--out needs a directory"),
+            },
+            "--lib-dir" => match it.next() {
+                Some(d) => opts.lib_dir = d.into(),
+                None => return usage("--lib-dir needs a directory"),
+            },
+            "-h" | "--help" => {
+                print!("{}", crate::HELP_BENCH);
+                return 0;
+            }
+            other => return usage(&format!("unknown argument '{other}'")),
+        }
+    }
+    match bench(&opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rseqrt bench: {e}");
+            1
+        }
+    }
+}
+
+fn usage(msg: &str) -> i32 {
+    eprintln!("rseqrt bench: {msg} (try --help)");
+    2
+}
+
+fn bench(o: &Opts) -> Result<(), String> {
+    let started = Instant::now();
+    if !o.lib_dir.join("librseqrt.so").exists() {
+        return Err(format!("no librseqrt.so in {} (run `make`, or pass --lib-dir)", o.lib_dir.display()));
+    }
+    let tmp = TempDir::new("rseqrt-bench-").map_err(|e| e.to_string())?;
+    let p = compile(&tmp.0, &o.lib_dir)?;
+    let q = o.quick;
+    let plugin = p.plugin.display().to_string();
+    let log = |what: &str| eprintln!("[{:5.1}s] {what}", started.elapsed().as_secs_f64());
+
+    // 1. rseqrt_dlclose vs dlclose: 1/64/1000 idle threads; none/one/all stale.
+    let mut dl = BTreeMap::new();
+    for (threads, iters) in if q { [(1, 40), (64, 30), (1000, 8)] } else { [(1, 150), (64, 100), (1000, 25)] } {
+        log(&format!("dlclose, {threads} threads"));
+        let reps = if q { 5 } else { 9 };
+        let s = run_prog(&p.linked, &[a(&["dlclose", &plugin]), vec![threads.to_string(), reps.to_string(), iters.to_string()]].concat(), &[])?;
+        dl.insert(threads, s);
+    }
+
+    // 2. barrier vs the alternatives, against thread count.
+    let counts: &[usize] = if q { &[1, 16, 64, 256] } else { &[1, 4, 16, 64, 256, 1000] };
+    let mut bar = BTreeMap::new();
+    for &threads in counts {
+        log(&format!("barrier, {threads} threads"));
+        let (reps, iters) = if q { (5, 8) } else { (9, if threads >= 256 { 20 } else { 50 }) };
+        let s = run_prog(&p.linked, &[a(&["barrier", &plugin]), vec![threads.to_string(), reps.to_string(), iters.to_string()]].concat(), &[])?;
+        bar.insert(threads, s);
+    }
+
+    // 3. munmap, 64 threads: rseqrt_munmap vs munmap in one process; the preloaded munmap vs the
+    //    raw system call in another (LD_PRELOAD of librseqrt_preload.so).
+    log("munmap, 64 threads");
+    let (reps, iters) = if q { ("5", "200") } else { ("11", "1000") };
+    let mm = run_prog(&p.linked, &a(&["munmap", "64", reps, iters]), &[])?;
+    let mm_pre = match &p.preload {
+        Some(pre) => Some(run_prog(&p.linked, &a(&["munmap", "64", reps, iters, "preload"]), &[("LD_PRELOAD", pre.display().to_string())])?),
+        None => None,
+    };
+
+    // 4. thread start: alternate processes; the baseline is glibc alone (glibc owns registration).
+    log("thread start");
+    let (reps, iters) = if q { (5, "200") } else { (15, "500") };
+    let variants: [(&str, &Path, bool); 4] = [
+        ("glibc", &p.plain, false),           // glibc registers; no rseqrt
+        ("rseqrt_self", &p.linked, true),     // rseqrt registers (glibc's turned off)
+        ("rseqrt_libc", &p.linked, false),    // glibc registers, rseqrt adopts
+        ("glibc_norseq", &p.plain, true),     // nobody registers
+    ];
+    let mut th = Samples::default();
+    for _ in 0..reps {
+        for (name, prog, off) in variants {
+            let env: Vec<(&str, String)> = if off { vec![("GLIBC_TUNABLES", TUNABLE_OFF.into())] } else { vec![] };
+            let s = run_prog(prog, &a(&["threads", "1", iters]), &env)?;
+            th.merge(s, &format!("{name}."));
+        }
+    }
+
+    // 5. current CPU.
+    log("current cpu");
+    let (reps, iters) = if q { ("5", "15") } else { ("9", "40") };
+    let cpu = run_prog(&p.linked, &a(&["cpu", reps, iters]), &[])?;
+    let cpu_self = run_prog(&p.linked, &a(&["cpu", reps, iters]), &[("GLIBC_TUNABLES", TUNABLE_OFF.into())])?;
+    log("writing results");
+
+    // ---- targets -------------------------------------------------------------------------
+    let d1000 = &dl[&1000];
+    let d64 = &dl[&64];
+    let k_scaling = match (d1000.median("rseqrt_k1"), d64.median("rseqrt_k1")) {
+        (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+        _ => None,
+    };
+    let k0_scaling = match (d1000.median("rseqrt_k0"), d64.median("rseqrt_k0")) {
+        (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+        _ => None,
+    };
+    let targets = vec![
+        Target { what: "rseqrt_dlclose(), 1,000 idle threads, none referring, vs dlclose()".into(), ratio: d1000.ratio("rseqrt_k0", "plain"), limit: 1.10 },
+        Target { what: "rseqrt_munmap() vs munmap(), 64 threads".into(), ratio: mm.ratio("rseqrt", "plain"), limit: 1.10 },
+        Target { what: "preloaded munmap() vs munmap system call, 64 threads".into(), ratio: mm_pre.as_ref().and_then(|s| s.ratio("preloaded", "syscall")), limit: 1.10 },
+        Target { what: "thread start, rseqrt owning registration vs glibc owning it".into(), ratio: th.ratio("rseqrt_self.create_join", "glibc.create_join"), limit: 1.05 },
+        Target { what: "rseqrt_current_cpu() vs sched_getcpu()".into(), ratio: cpu.ratio("rseqrt", "sched_getcpu"), limit: 1.00 },
+        Target { what: "one referring thread: rseqrt_dlclose() at 1,000 threads vs at 64 (cost follows k, not threads)".into(), ratio: k_scaling, limit: 2.0 },
+        Target { what: "no referring thread: rseqrt_dlclose() at 1,000 threads vs at 64".into(), ratio: k0_scaling, limit: 2.0 },
+    ];
+
+    // ---- Markdown ------------------------------------------------------------------------
+    let mut md = String::new();
+    let info = crate::info::collect();
+    let owner = crate::info::owner_name(rseqrt::owner());
+    md.push_str("# rseqrt benchmark results\n\n");
+    md.push_str(&format!(
+        "Generated by `rseqrt bench{}` (`make bench`). Machine: {} CPUs, kernel {}, glibc {}; owner mode of the benchmark programs: {} unless noted. \
+         Each value is the median over repetitions of the per-repetition median; each ratio is the median over repetitions of the paired per-repetition ratio. \
+         The C benchmark programs are linked against `{}`. Total time: {:.0} s.\n\n",
+        if q { " --quick" } else { "" },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        json_str(&info, &["kernel", "release"]),
+        json_str(&info, &["libc", "version"]),
+        owner_of(&cpu, owner),
+        p.lib_dir.join("librseqrt.so").display(),
+        started.elapsed().as_secs_f64()
+    ));
+    md.push_str("## Targets\n\n| target | ratio | limit | result |\n| --- | --- | --- | --- |\n");
+    for t in &targets {
+        let res = match t.met() {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        md.push_str(&format!("| {} | {} | <= {:.2} | {} |\n", t.what, ratio_s(t.ratio), t.limit, res));
+    }
+
+    md.push_str("\n## rseqrt_dlclose() vs dlclose()\n\nA small plugin (critical section and descriptor inside it) is loaded, k of the idle threads run its critical section once and go back to sleep (their `rseq_cs` is then stale), and the close is timed. The baseline is plain `dlclose()` with the same threads, none referring (plain `dlclose()` with a referring thread would crash the process).\n\n");
+    md.push_str("| idle threads | dlclose() | rseqrt_dlclose(), none refer | ratio | one refers | ratio | all refer | ratio |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (t, s) in &dl {
+        let all = if *t > 1 { (us(s.median("rseqrt_kall")), ratio_s(s.ratio("rseqrt_kall", "plain"))) } else { ("(= one)".into(), String::new()) };
+        md.push_str(&format!("| {t} | {} | {} | {} | {} | {} | {} | {} |\n", us(s.median("plain")), us(s.median("rseqrt_k0")), ratio_s(s.ratio("rseqrt_k0", "plain")),
+            us(s.median("rseqrt_k1")), ratio_s(s.ratio("rseqrt_k1", "plain")), all.0, all.1));
+    }
+
+    md.push_str("\n## The barrier vs the alternatives\n\nLatency of one barrier over every thread of the process, threads idle (blocked in `sem_wait()`). `rseqrt, none stale`: `rseqrt_clear_all(0)` when no thread has a stale `rseq_cs`; `rseqrt, all stale`: every thread ran a critical section just before; `signal + ack`: `tgkill()` to every thread and wait until each handler has acknowledged (what a naive rseq-clear does); `glibc setuid()`: glibc's own broadcast to every thread (SIGSETXID); `membarrier`: `MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ`, the kernel floor, which does NOT reach blocked threads and so is not a complete barrier. Plot: [barrier-latency.svg](barrier-latency.svg).\n\n");
+    md.push_str("| threads | rseqrt, none stale | rseqrt, all stale | signal + ack | glibc setuid() | membarrier |\n| --- | --- | --- | --- | --- | --- |\n");
+    for (t, s) in &bar {
+        md.push_str(&format!("| {t} | {} | {} | {} | {} | {} |\n", us(s.median("rseqrt_idle")), us(s.median("rseqrt_stale")), us(s.median("naive")), us(s.median("glibc")), us(s.median("membarrier"))));
+    }
+
+    md.push_str("\n## munmap(), 64 idle threads\n\n16 touched pages are mapped and unmapped each iteration; only the unmap is timed.\n\n| call | median | baseline | ratio |\n| --- | --- | --- | --- |\n");
+    md.push_str(&format!("| rseqrt_munmap() | {} | munmap() {} | {} |\n", us(mm.median("rseqrt")), us(mm.median("plain")), ratio_s(mm.ratio("rseqrt", "plain"))));
+    match &mm_pre {
+        Some(s) => md.push_str(&format!("| munmap() with LD_PRELOAD=librseqrt_preload.so | {} | syscall(SYS_munmap) {} | {} |\n", us(s.median("preloaded")), us(s.median("syscall")), ratio_s(s.ratio("preloaded", "syscall")))),
+        None => md.push_str("| preloaded munmap() | not measured: librseqrt_preload.so not found | | |\n"),
+    }
+
+    md.push_str("\n## Thread start: pthread_create() + pthread_join()\n\nEach variant is a separate process; the processes alternate, and the ratio pairs each repetition's runs.\n\n| variant | median | ratio to glibc alone |\n| --- | --- | --- |\n");
+    for (name, words) in [("glibc", "glibc alone, glibc registers rseq (baseline)"), ("rseqrt_self", "linked with rseqrt, GLIBC_TUNABLES=glibc.pthread.rseq=0: rseqrt registers"),
+                          ("rseqrt_libc", "linked with rseqrt, glibc registers, rseqrt adopts"), ("glibc_norseq", "glibc alone, glibc.pthread.rseq=0: no rseq at all")] {
+        md.push_str(&format!("| {words} | {} | {} |\n", us(th.median(&format!("{name}.create_join"))), ratio_s(th.ratio(&format!("{name}.create_join"), "glibc.create_join"))));
+    }
+
+    md.push_str("\n## Reading the current CPU (per call)\n\n| call | glibc registers (owner libc) | ratio | rseqrt registers (owner self) | ratio |\n| --- | --- | --- | --- | --- |\n");
+    for (key, words) in [("rseqrt", "rseqrt_current_cpu()"), ("sched_getcpu", "sched_getcpu()"), ("getcpu_syscall", "syscall(SYS_getcpu)")] {
+        md.push_str(&format!("| {words} | {} | {} | {} | {} |\n", us(cpu.median(key)), ratio_s(cpu.ratio(key, "sched_getcpu")), us(cpu_self.median(key)), ratio_s(cpu_self.ratio(key, "sched_getcpu"))));
+    }
+    md.push_str("\n(With glibc's registration turned off, glibc's `sched_getcpu()` falls back to the vDSO's `getcpu`, while `rseqrt_current_cpu()` still reads the `cpu_id` of rseqrt's own area.)\n");
+
+    // ---- JSON ----------------------------------------------------------------------------
+    let samples_json = |s: &Samples| -> Json {
+        let mut o = Json::obj();
+        for (k, v) in &s.values {
+            o.set(k, Json::obj().with("median_ns", median(v.clone())).with("per_rep_ns", v.clone()));
+        }
+        for (k, v) in &s.info {
+            o.set(&format!("info_{k}"), *v);
+        }
+        o
+    };
+    let mut dl_j = Json::obj();
+    for (t, s) in &dl {
+        dl_j.set(&t.to_string(), samples_json(s).with("ratio_k0", s.ratio("rseqrt_k0", "plain")).with("ratio_k1", s.ratio("rseqrt_k1", "plain")).with("ratio_kall", s.ratio("rseqrt_kall", "plain")));
+    }
+    let mut bar_j = Json::obj();
+    for (t, s) in &bar {
+        bar_j.set(&t.to_string(), samples_json(s));
+    }
+    let j = Json::obj()
+        .with("generated_by", if q { "rseqrt bench --quick" } else { "rseqrt bench" })
+        .with("quick", q)
+        .with("cpus", std::thread::available_parallelism().map_or(0, |n| n.get()))
+        .with("kernel", json_str(&info, &["kernel", "release"]))
+        .with("glibc", json_str(&info, &["libc", "version"]))
+        .with("library", p.lib_dir.join("librseqrt.so").display().to_string())
+        .with("seconds", started.elapsed().as_secs_f64())
+        .with("targets", Json::Arr(targets.iter().map(Target::json).collect()))
+        .with("dlclose", dl_j)
+        .with("barrier", bar_j)
+        .with("munmap", samples_json(&mm).with("ratio", mm.ratio("rseqrt", "plain")))
+        .with("munmap_preload", mm_pre.as_ref().map_or(Json::Null, |s| samples_json(s).with("ratio", s.ratio("preloaded", "syscall"))))
+        .with("thread_start", samples_json(&th)
+            .with("ratio_rseqrt_self", th.ratio("rseqrt_self.create_join", "glibc.create_join"))
+            .with("ratio_rseqrt_libc", th.ratio("rseqrt_libc.create_join", "glibc.create_join")))
+        .with("current_cpu", samples_json(&cpu).with("ratio", cpu.ratio("rseqrt", "sched_getcpu")))
+        .with("current_cpu_owner_self", samples_json(&cpu_self).with("ratio", cpu_self.ratio("rseqrt", "sched_getcpu")));
+
+    // ---- SVG -----------------------------------------------------------------------------
+    let series = |name: &str, key: &str, color: &'static str, dashed: bool| Series {
+        name: name.into(),
+        color,
+        dashed,
+        points: bar.iter().filter_map(|(t, s)| s.median(key).map(|v| (*t as f64, v / 1000.0))).collect(),
+    };
+    let svg = line_chart(
+        "Barrier latency vs thread count (idle threads)",
+        "threads in the process",
+        "latency (microseconds, log scale)",
+        &[
+            series("rseqrt, none stale", "rseqrt_idle", "#1f77b4", false),
+            series("rseqrt, all stale", "rseqrt_stale", "#1f77b4", true),
+            series("signal + ack (naive)", "naive", "#d62728", false),
+            series("glibc setuid() broadcast", "glibc", "#ff7f0e", false),
+            series("membarrier RSEQ (floor)", "membarrier", "#2ca02c", true),
+        ],
+    );
+
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    let write = |name: &str, text: &str| std::fs::write(o.out.join(name), text).map_err(|e| format!("{name}: {e}"));
+    write("results.md", &md)?;
+    write("results.json", &j.pretty())?;
+    write("barrier-latency.svg", &svg)?;
+    print!("{md}");
+    println!("\nWritten: {}/results.md, results.json, barrier-latency.svg", o.out.display());
+    Ok(())
+}
+
+fn owner_of(s: &Samples, fallback: &str) -> String {
+    match s.info.get("owner").map(|v| *v as i32) {
+        Some(0) => "none".into(),
+        Some(1) => "libc".into(),
+        Some(2) => "self".into(),
+        _ => fallback.into(),
+    }
+}
+
+fn json_str(j: &Json, path: &[&str]) -> String {
+    let mut cur = j;
+    for key in path {
+        cur = match cur {
+            Json::Obj(f) => match f.iter().find(|(k, _)| k == key) {
+                Some((_, v)) => v,
+                None => return "unknown".into(),
+            },
+            _ => return "unknown".into(),
+        };
+    }
+    match cur {
+        Json::Str(s) => s.clone(),
+        _ => "unknown".into(),
+    }
+}
