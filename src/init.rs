@@ -3,6 +3,7 @@
 
 use crate::registration;
 use crate::registry;
+use crate::platform::Errno;
 use crate::state::{self, Owner};
 use crate::{platform, real, signal, thread};
 
@@ -12,10 +13,17 @@ pub extern "C" fn run() {
     thread::init_exit_hook();
     crate::config::load();
     real::resolve_all();
-    if state::owner() == Owner::SelfOwned && registration::register_area().is_err() {
-        // Only a racing registration by someone else can get here (the resolver probed the
-        // system call): report rseq as unavailable rather than hand out an unregistered area.
-        state::downgrade_to_none();
+    if state::owner() == Owner::SelfOwned {
+        if !thread::pthread_create_is_ours() {
+            // Loaded too late (dlopen): threads the program creates would bypass rseqrt's
+            // pthread_create and run unregistered. Say so instead of handing out an offset
+            // that is wrong for them.
+            state::downgrade_to_none(Errno(libc::EOPNOTSUPP));
+        } else if let Err(e) = registration::register_area() {
+            // Only a racing registration by someone else can get here (the resolver probed the
+            // system call): report rseq as unavailable rather than hand out an unregistered area.
+            state::downgrade_to_none(e);
+        }
     }
     if registration::current_slot().is_none() {
         if let Some(idx) = registry::claim(0, 0) {

@@ -104,8 +104,12 @@ pub fn current_mm_cid() -> Result<u32, Errno> {
 
 /// Registers the calling thread (for threads not started with `pthread_create`) and enters it in
 /// rseqrt's thread registry. `Err(EBUSY)` when it was already registered (it still enters the
-/// registry); otherwise the kernel's error.
+/// registry); `Err(EOPNOTSUPP)` when rseqrt was loaded too late to own registration (owner NONE);
+/// otherwise the kernel's error.
 pub fn register_current_thread() -> Result<(), Errno> {
+    if let Some(reason) = state::none_reason() {
+        return Err(reason); // rseqrt cannot own registration in this process (see `owner`)
+    }
     let result = registration::register_area();
     if matches!(result, Ok(()) | Err(Errno(libc::EBUSY))) && registration::current_slot().is_none() {
         if let Some(idx) = registry::claim(0, 0) {

@@ -51,11 +51,26 @@ pub fn publish(c: Config) {
     }
 }
 
-/// Marks rseq unavailable after the constructor failed to register the main thread. The exported
-/// `__rseq_size` cannot follow (an executable may already hold a read-only copy); the area's
-/// `cpu_id` reads -2, which is what consumers check per thread.
-pub fn downgrade_to_none() {
+/// Why an owner that rseqrt would have been is NONE instead (0: rseq itself is unavailable).
+static NONE_REASON: AtomicI32 = AtomicI32::new(0);
+
+/// Marks rseq unavailable, for `reason`, when the constructor finds it cannot own registration.
+/// rseqrt's own `__rseq_size` becomes 0; an executable that copied it at startup keeps its copy
+/// (read-only by then), but there the areas' `cpu_id` reads -2, which consumers check per thread.
+pub fn downgrade_to_none(reason: crate::platform::Errno) {
     OWNER.store(Owner::None as i32, Relaxed);
+    NONE_REASON.store(reason.0, Relaxed);
+    let (_, size, _) = arch::export_storage();
+    // SAFETY: rseqrt's own definition, in writable data; nothing else writes it after relocation.
+    unsafe { size.write_volatile(0) };
+}
+
+/// The errno that explains a downgraded owner, if the owner was downgraded.
+pub fn none_reason() -> Option<crate::platform::Errno> {
+    match NONE_REASON.load(Relaxed) {
+        0 => None,
+        e => Some(crate::platform::Errno(e)),
+    }
 }
 
 pub fn owner() -> Owner {

@@ -74,6 +74,18 @@ pub unsafe extern "C" fn rseqrt_interpose_pthread_create(
     err
 }
 
+/// Whether the program's `pthread_create` is rseqrt's, i.e. whether rseqrt was loaded early
+/// enough (linked or preloaded) to see every thread start. Always true where rseqrt does not
+/// interpose (the Rust crate linked into a program: threads register themselves).
+pub fn pthread_create_is_ours() -> bool {
+    if !cfg!(feature = "c-library") {
+        return true;
+    }
+    // SAFETY: dlsym with a NUL-terminated name; the result is only compared.
+    let global = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"pthread_create".as_ptr()) } as usize;
+    global == crate::arch::pthread_create_entry()
+}
+
 /// First code of every thread rseqrt starts. `extern "C-unwind"`: `pthread_exit` and
 /// cancellation unwind through this frame (it holds nothing that needs dropping).
 extern "C-unwind" fn trampoline(tag: *mut c_void) -> *mut c_void {

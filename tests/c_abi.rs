@@ -356,3 +356,22 @@ fn defined_dynamic_symbols(lib: &std::path::Path) -> std::collections::HashSet<S
         .map(|n| n.split('@').next().unwrap().to_string())
         .collect()
 }
+
+/// rseqrt `dlopen()`ed after the program made a thread: adopts glibc's areas when glibc
+/// registers; otherwise refuses ownership (owner NONE, `__rseq_size` 0, EOPNOTSUPP) instead of
+/// handing out an offset that is wrong for the threads the program creates.
+#[test]
+fn late_load_adopts_or_refuses() {
+    let program = compile(
+        &CompileSpec::new("abi_late_load", &[support::c_test_source("abi_late_load.c")])
+            .cflags(WARNINGS)
+            .cflags(&["-pthread"])
+            .libs(&["-ldl"]),
+    );
+    let lib = stage().lib("librseqrt.so").display().to_string();
+    for (env, expect) in [(&[][..], "libc"), (&[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")][..], "refused")] {
+        let result = run(&program, &[&lib, expect], env, TIMEOUT);
+        println!("{}", result.stdout.trim());
+        assert!(result.success(), "late load, expecting {expect}\n{result}");
+    }
+}

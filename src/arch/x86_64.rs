@@ -202,3 +202,16 @@ interpose! {
     "sigwaitinfo" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigtimedwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
 }
+
+/// Address of rseqrt's default-version `pthread_create` entry (0 without the C library build).
+pub fn pthread_create_entry() -> usize {
+    #[cfg(feature = "c-library")]
+    {
+        extern "C" {
+            fn rseqrt_thunk_pthread_create_v2_34();
+        }
+        rseqrt_thunk_pthread_create_v2_34 as *const () as usize
+    }
+    #[cfg(not(feature = "c-library"))]
+    0
+}
