@@ -58,8 +58,12 @@ pub const SIGNAL_SAFE: u32 = 1;
 
 /// At most this many threads are chased at once; more are handled in further rounds.
 const BATCH: usize = 64;
-/// How long to spin after membarrier before signalling (running threads clear within microseconds).
-const EXPEDITE_SPIN_NS: u64 = 50_000;
+/// How long to spin after membarrier before signalling: running threads clear within a few
+/// microseconds (measured); a blocked one never will, so waiting longer only delays its signal.
+const EXPEDITE_SPIN_NS: u64 = 10_000;
+/// While waiting for signalled threads: yield (no timer) for this long, then sleep in growing
+/// steps. A sleep is rounded up by the timer slack (50 us by default), more than a delivery takes.
+const YIELD_NS: u64 = 200_000;
 /// Resend interval for threads that have not yet taken the signal.
 const RESEND_NS: u64 = 10_000_000;
 /// After this long, threads that still have not taken the signal are assumed to block it.
@@ -188,7 +192,8 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
     let sig = signal::reserved();
     let pid = platform::getpid();
     let mut left = pending.len();
-    let mut pause_ns = 1_000;
+    let mut pause_ns = 20_000;
+    let yield_until = platform::monotonic_ns() + YIELD_NS;
     let escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
     let mut escalated = false;
     loop {
@@ -221,8 +226,12 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             if now >= resend_at {
                 break;
             }
-            platform::sleep_ns(pause_ns);
-            pause_ns = (pause_ns * 2).min(200_000);
+            if now < yield_until {
+                platform::sched_yield();
+            } else {
+                platform::sleep_ns(pause_ns);
+                pause_ns = (pause_ns * 2).min(500_000);
+            }
         }
     }
 }
