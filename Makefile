@@ -103,7 +103,9 @@ demo: deps stage
 	$(CC) -O2 -Wall examples/hello.c $$(PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig pkg-config --cflags --libs rseqrt) -o $(EXAMPLES)/hello
 	$(CC) -O2 -Wall -shared -fPIC examples/plugin.c -o $(EXAMPLES)/plugin.so
 	$(CC) -O2 -Wall examples/unload.c -o $(EXAMPLES)/unload -lpthread -ldl
-	@echo; echo "== what rseqrt sees (glibc registers rseq; rseqrt adopts)"; $(EXAMPLES)/hello
+	@echo; echo "== rseqrt info: what this machine offers"; $(STAGE)/bin/rseqrt info
+	@echo; echo "== rseqrt selftest: the crash, without and with rseqrt"; $(STAGE)/bin/rseqrt selftest
+	@echo; echo "== what a C program linked with rseqrt sees (glibc registers rseq; rseqrt adopts)"; $(EXAMPLES)/hello
 	@echo; echo "== the same with glibc's registration turned off (rseqrt registers)"
 	@GLIBC_TUNABLES=glibc.pthread.rseq=0 $(EXAMPLES)/hello
 	@echo; echo "== an unmodified program unloads a plugin that a sleeping thread ran an rseq critical section in"
