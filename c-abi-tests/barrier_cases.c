@@ -1299,14 +1299,20 @@ static void sc_sigmask(const char *want)
     printf("survived\n");
 }
 
-/* Observation: signal() is implemented in glibc on its internal __sigaction. */
+/* signal() is implemented in glibc on its internal __sigaction, so rseqrt interposes it too:
+ * like sigaction(), it must refuse to change the reserved signal (SIG_ERR, EINVAL). */
 static void sc_signal_fn(void)
 {
     int rsig = rseqrt_signal();
+    errno = 0;
     void (*prev)(int) = signal(rsig, SIG_IGN);
+    int prev_errno = errno;
     struct sigaction old;
     sigaction(rsig, NULL, &old);
     int changed = old.sa_handler == SIG_IGN;
+    check(prev == SIG_ERR && prev_errno == EINVAL && !changed,
+          "signal(%d, SIG_IGN) refused with SIG_ERR/EINVAL (errno %d), disposition unchanged", rsig,
+          prev_errno);
     printf("observed: signal(%d, SIG_IGN) returned %s; the disposition is now %s\n", rsig,
            prev == SIG_ERR ? "SIG_ERR" : "the previous handler", changed ? "SIG_IGN (changed)" : "rseqrt's handler (refused)");
     if (changed) {

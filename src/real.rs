@@ -50,6 +50,7 @@ pub static PTHREAD_CREATE: Next = Next::new(b"pthread_create\0");
 pub static PTHREAD_SIGMASK: Next = Next::new(b"pthread_sigmask\0");
 pub static SIGPROCMASK: Next = Next::new(b"sigprocmask\0");
 pub static SIGACTION: Next = Next::new(b"sigaction\0");
+pub static SIGNAL: Next = Next::new(b"signal\0");
 pub static SIGWAIT: Next = Next::new(b"sigwait\0");
 pub static SIGWAITINFO: Next = Next::new(b"sigwaitinfo\0");
 pub static SIGTIMEDWAIT: Next = Next::new(b"sigtimedwait\0");
@@ -57,7 +58,7 @@ pub static DLCLOSE: Next = Next::new(b"dlclose\0");
 
 /// Resolves every entry (constructor time).
 pub fn resolve_all() {
-    for n in [&PTHREAD_CREATE, &PTHREAD_SIGMASK, &SIGPROCMASK, &SIGACTION, &SIGWAIT, &SIGWAITINFO, &SIGTIMEDWAIT, &DLCLOSE] {
+    for n in [&PTHREAD_CREATE, &PTHREAD_SIGMASK, &SIGPROCMASK, &SIGACTION, &SIGNAL, &SIGWAIT, &SIGWAITINFO, &SIGTIMEDWAIT, &DLCLOSE] {
         n.resolve();
     }
 }

@@ -1,7 +1,7 @@
 //! The reserved real-time signal that the barrier sends to threads it must interrupt, and the
 //! interposers that keep it deliverable, the way glibc keeps its own internal signals (32, 33)
 //! deliverable: masks the program sets (`pthread_sigmask`, `sigprocmask`) never block it, the
-//! sets it waits for (`sigwait*`) never include it, and `sigaction` refuses to change it.
+//! sets it waits for (`sigwait*`) never include it, and `sigaction`/`signal` refuse to change it.
 //!
 //! The handler does nothing: delivering a signal is what makes the thread's own kernel process
 //! its `rseq_cs` (abort a running critical section, then clear the field) before the handler
@@ -134,6 +134,26 @@ pub unsafe extern "C" fn rseqrt_interpose_sigaction(sig: c_int, act: *const libc
         // SAFETY: forwarding the caller's arguments.
         Some(f) => unsafe { f(sig, act, old) },
         None => enosys(),
+    }
+}
+
+/// `signal(2)` that refuses to change the reserved signal (`SIG_ERR`, EINVAL), as glibc's refuses
+/// for its internal signals; glibc's own `signal()` would bypass rseqrt's `sigaction()`.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    if sig == reserved() && sig != 0 {
+        // SAFETY: errno is thread-local.
+        unsafe { *libc::__errno_location() = libc::EINVAL };
+        return libc::SIG_ERR;
+    }
+    type F = unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    match real::SIGNAL.get() {
+        0 => {
+            enosys();
+            libc::SIG_ERR
+        }
+        // SAFETY: the C library's signal() has this signature.
+        addr => unsafe { core::mem::transmute::<usize, F>(addr)(sig, handler) },
     }
 }
 

@@ -12,8 +12,8 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use libc::{c_int, pthread_attr_t, pthread_t};
 
-/// A thread start routine. "C-unwind": `pthread_exit` and cancellation unwind through it.
-type StartRoutine = extern "C-unwind" fn(*mut c_void) -> *mut c_void;
+/// A thread start routine (rseqrt never calls one from Rust: see `arch::rseqrt_thread_start`).
+type StartRoutine = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
 type PthreadCreate = unsafe extern "C" fn(*mut pthread_t, *const pthread_attr_t, StartRoutine, *mut c_void) -> c_int;
 
 /// Key whose destructor frees the thread's registry slot; `u32::MAX` until created.
@@ -66,8 +66,9 @@ pub unsafe extern "C" fn rseqrt_interpose_pthread_create(
         // SAFETY: forwarding the caller's arguments unchanged.
         return unsafe { next(thread, attr, start, arg) };
     };
-    // SAFETY: forwarding the caller's arguments, with our trampoline and the slot as its argument.
-    let err = unsafe { next(thread, attr, trampoline, (idx + 1) as *mut c_void) };
+    // SAFETY: forwarding the caller's arguments, with rseqrt's entry (a start routine, see `arch`)
+    // and the slot as its argument.
+    let err = unsafe { next(thread, attr, crate::arch::rseqrt_thread_start, (idx + 1) as *mut c_void) };
     if err != 0 {
         registry::release(idx);
     }
@@ -86,22 +87,23 @@ pub fn pthread_create_is_ours() -> bool {
     global == crate::arch::pthread_create_entry()
 }
 
-/// First code of every thread rseqrt starts. `extern "C-unwind"`: `pthread_exit` and
-/// cancellation unwind through this frame (it holds nothing that needs dropping).
-extern "C-unwind" fn trampoline(tag: *mut c_void) -> *mut c_void {
-    let idx = tag as usize - 1;
-    let (start, arg) = registry::start_of(idx);
-    thread_started(idx);
-    // SAFETY: `start` was a `StartRoutine` when the parent stored it.
-    let start: StartRoutine = unsafe { core::mem::transmute(start) };
-    start(arg as *mut c_void)
+/// The user's start routine and argument, returned in %rax:%rdx to the assembly entry.
+#[repr(C)]
+pub struct StartCall {
+    start: usize,
+    arg: usize,
 }
 
-/// Registration and registry entry of a thread that is about to run its first user code.
-pub fn thread_started(idx: SlotIndex) {
+/// First code of every thread rseqrt starts, called by `arch::rseqrt_thread_start` with the
+/// slot tag: registers the thread's area when rseqrt owns registration, enters the thread in the
+/// registry, and returns the start routine to jump to. Allocation-free; no lock.
+pub extern "C" fn thread_started(tag: *mut c_void) -> StartCall {
+    let idx = tag as usize - 1;
+    let (start, arg) = registry::start_of(idx);
     if state::owner() == Owner::SelfOwned {
         // A failure leaves cpu_id at -2 for this thread, as glibc does; the thread still runs.
         let _ = registration::register_area();
     }
     registration::adopt_current_thread(idx);
+    StartCall { start, arg }
 }

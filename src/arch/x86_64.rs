@@ -187,6 +187,13 @@ macro_rules! interpose {
                 concat!(".symver rseqrt_thunk_", $target, "_", $tag, ",", $target, $version),
             )+)+
             ".popsection",
+            ".pushsection .data.rel.ro.rseqrt_interpose,\"aw\",@progbits",
+            ".p2align 3",
+            ".globl rseqrt_pthread_create_entry",
+            ".hidden rseqrt_pthread_create_entry",
+            "rseqrt_pthread_create_entry:",
+            ".quad rseqrt_thunk_pthread_create_v2_34",
+            ".popsection",
             options(att_syntax)
         );
     };
@@ -198,20 +205,55 @@ interpose! {
     "pthread_sigmask" => [("v2_32", "@@GLIBC_2.32"), ("v2_2_5", "@GLIBC_2.2.5")],
     "sigprocmask" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigaction" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "signal" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigwaitinfo" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigtimedwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
 }
 
 /// Address of rseqrt's default-version `pthread_create` entry (0 without the C library build).
+/// Read from a data word next to the thunks: a Rust reference to a `.symver`ed thunk makes the
+/// assembler reject the `.symver` when both land in the same object.
 pub fn pthread_create_entry() -> usize {
     #[cfg(feature = "c-library")]
     {
         extern "C" {
-            fn rseqrt_thunk_pthread_create_v2_34();
+            static rseqrt_pthread_create_entry: usize;
         }
-        rseqrt_thunk_pthread_create_v2_34 as *const () as usize
+        // SAFETY: a read-only word the dynamic linker relocated to the thunk's address.
+        unsafe { core::ptr::addr_of!(rseqrt_pthread_create_entry).read() }
     }
     #[cfg(not(feature = "c-library"))]
     0
+}
+
+// The start routine rseqrt hands to the C library's pthread_create. It runs the Rust prologue
+// (`crate::thread::thread_started`, which returns the user's start routine in %rax and its
+// argument in %rdx), then jumps to the start routine, so that no Rust frame stays beneath user
+// code: pthread_exit() and cancellation unwind with a forced unwind, which a Rust frame built with
+// panic=abort would turn into an abort.
+global_asm!(
+    ".pushsection .text.rseqrt_thread_start,\"ax\",@progbits",
+    ".globl rseqrt_thread_start",
+    ".hidden rseqrt_thread_start",
+    ".type rseqrt_thread_start,@function",
+    "rseqrt_thread_start:",
+    ".cfi_startproc",
+    "subq $8, %rsp",
+    ".cfi_adjust_cfa_offset 8",
+    "call {prologue}",
+    "addq $8, %rsp",
+    ".cfi_adjust_cfa_offset -8",
+    "movq %rdx, %rdi",
+    "jmp *%rax",
+    ".cfi_endproc",
+    ".size rseqrt_thread_start,.-rseqrt_thread_start",
+    ".popsection",
+    prologue = sym crate::thread::thread_started,
+    options(att_syntax)
+);
+
+extern "C" {
+    /// See the assembly above: `start(arg)` after rseqrt's per-thread prologue.
+    pub fn rseqrt_thread_start(tag: *mut core::ffi::c_void) -> *mut core::ffi::c_void;
 }
