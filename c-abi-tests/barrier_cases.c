@@ -11,7 +11,7 @@
  *
  * Scenarios (see tests/barrier.rs for what each one shows):
  *   concurrent, exiting, exiting-churn, fork, sighandler, sighandler-timer,
- *   malloclock, badinput, unreachable, rawmask, mixed PLUGIN, sigmask [SIG|auto],
+ *   malloclock, badinput, unreachable, rawmask, rawunknown, mixed PLUGIN, sigmask [SIG|auto],
  *   signal-fn, clearall, exitcancel return|exit|cancel|async
  *
  * Exit status: 0 passed; 1 a check failed (the line starting with FAIL says which);
@@ -965,17 +965,21 @@ static int raw_reg_errno;
 static volatile pid_t raw_ctid;
 static struct rseq_cs_area *_Atomic raw_area;
 
+static int raw_unknown; /* register with the raw system call, block nothing: unknown to rseqrt */
+
 static int raw_thread(void *arg)
 {
     (void)arg;
-    if (rseqrt_register_current_thread() != 0) {
+    if (raw_unknown ? syscall(SYS_rseq, rseq_cs_area(), 32, 0, 0x53053053) != 0
+                    : rseqrt_register_current_thread() != 0) {
         raw_reg_errno = errno;
         atomic_store(&raw_state, -1);
         return 0;
     }
     atomic_store(&raw_area, rseq_cs_area());
     unsigned long long all = ~0ULL;
-    syscall(SYS_rt_sigprocmask, SIG_BLOCK, &all, NULL, 8);
+    if (!raw_unknown)
+        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &all, NULL, 8);
     if (rseq_cs_run(counters, raw_page, rseq_cs_own_code()) < 0) {
         atomic_store(&raw_state, -2);
         return 0;
@@ -985,7 +989,10 @@ static int raw_thread(void *arg)
         syscall(SYS_futex, &raw_wake, FUTEX_WAIT, 0, NULL, NULL, 0);
     /* back in user space: the kernel has looked at rseq_cs (if the page is gone: SIGSEGV) */
     atomic_store(&raw_state, 2);
-    rseqrt_unregister_current_thread();
+    if (raw_unknown)
+        syscall(SYS_rseq, rseq_cs_area(), 32, 1 /* RSEQ_FLAG_UNREGISTER */, 0x53053053);
+    else
+        rseqrt_unregister_current_thread();
     atomic_store(&raw_state, 3);
     return 0;
 }
@@ -1085,6 +1092,30 @@ static void sc_unreachable(void)
     check(atomic_load(&raw_state) == 3, "woken, the raw thread returned to user space, unregistered and exited");
     int rc = rseqrt_munmap(raw_page, pagesz);
     check(rc == 0, "rseqrt_munmap once it is gone: %d", rc);
+    printf("survived\n");
+}
+
+/* A raw clone() thread that registered its own area with the raw rseq system call: neither in
+ * rseqrt's registry nor in glibc's thread list. rseqrt finds it in /proc/self/task, signals it
+ * and waits for its handler's acknowledgement. */
+static void sc_rawunknown(void)
+{
+    raw_unknown = 1;
+    raw_page = desc_page();
+    start_raw_thread();
+    check(!has_sig(status_mask(raw_ctid, "SigBlk"), rseqrt_signal()),
+          "raw clone() thread %d, registered by itself, accepts the reserved signal", raw_ctid);
+    check(refers(atomic_load(&raw_area)->rseq_cs, raw_page, pagesz), "its rseq_cs refers to the page");
+    free_range(raw_page, pagesz, "page");
+    __atomic_store_n(&raw_wake, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &raw_wake, FUTEX_WAKE, 1, NULL, NULL, 0);
+    double t0 = now_ms();
+    while (raw_ctid != 0) {
+        if (now_ms() - t0 > 5000)
+            fail("the raw thread did not exit (state %d)", atomic_load(&raw_state));
+        sleep_ms(1);
+    }
+    check(atomic_load(&raw_state) == 3, "woken, the raw thread returned to user space and exited");
     printf("survived\n");
 }
 
@@ -1529,6 +1560,8 @@ int main(int argc, char **argv)
         sc_unreachable();
     else if (!strcmp(scenario, "rawmask"))
         sc_rawmask();
+    else if (!strcmp(scenario, "rawunknown"))
+        sc_rawunknown();
     else if (!strcmp(scenario, "mixed") && arg)
         sc_mixed(arg);
     else if (!strcmp(scenario, "sigmask"))

@@ -12,8 +12,6 @@ pub struct Errno(pub i32);
 
 pub type SysResult<T> = Result<T, Errno>;
 
-const FUTEX_WAIT_PRIVATE: i32 = libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG;
-const FUTEX_WAKE_PRIVATE: i32 = libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG;
 
 #[inline(always)]
 fn check(ret: isize) -> SysResult<usize> {
@@ -107,19 +105,6 @@ pub unsafe fn munmap(addr: *mut u8, len: usize) -> SysResult<()> {
     unsafe { sys!(libc::SYS_munmap, addr, len) }.map(drop)
 }
 
-/// `futex(FUTEX_WAIT_PRIVATE)` on `word` while it holds `expected`, for at most `timeout_ns`.
-pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ns: u64) -> SysResult<()> {
-    let ts = libc::timespec { tv_sec: (timeout_ns / 1_000_000_000) as i64, tv_nsec: (timeout_ns % 1_000_000_000) as i64 };
-    // SAFETY: `word` and `ts` are live for the duration of the call.
-    unsafe { sys!(libc::SYS_futex, word.as_ptr(), FUTEX_WAIT_PRIVATE, expected, &ts as *const libc::timespec) }.map(drop)
-}
-
-/// `futex(FUTEX_WAKE_PRIVATE)`: wake every waiter on `word`.
-pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
-    // SAFETY: `word` is live; waking has no other effect.
-    let _ = unsafe { sys!(libc::SYS_futex, word.as_ptr(), FUTEX_WAKE_PRIVATE, i32::MAX) };
-}
-
 /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds (a system call, not the vDSO: safe anywhere).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -203,4 +188,71 @@ pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, offset: i64
 pub fn mremap(old: usize, old_size: usize, new_size: usize, flags: i32, new_address: usize) -> SysResult<usize> {
     // SAFETY: as for `mmap`.
     unsafe { check(syscall6(libc::SYS_mremap, old, old_size, new_size, flags as usize, new_address, 0)) }
+}
+
+/// Calls `f(tid)` for every thread of this process (`getdents64` on `/proc/self/task`, through a
+/// buffer on the stack).
+pub fn for_each_thread(mut f: impl FnMut(i32)) -> SysResult<()> {
+    // SAFETY: a NUL-terminated literal path.
+    let fd = unsafe {
+        sys!(libc::SYS_openat, libc::AT_FDCWD, b"/proc/self/task\0".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+    }? as i32;
+    let mut buf = [0u8; 4096];
+    let result = loop {
+        // SAFETY: the kernel writes at most `buf.len()` bytes of dirent64 records.
+        let n = match unsafe { sys!(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) } {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        let mut off = 0;
+        while off + 19 < n {
+            // linux_dirent64: d_ino (8), d_off (8), d_reclen (2), d_type (1), d_name (NUL-terminated).
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name = &buf[off + 19..(off + reclen).min(n)];
+            let digits = name.iter().take_while(|&&b| b != 0);
+            let tid = digits.clone().try_fold(0i32, |acc, &d| d.is_ascii_digit().then(|| acc * 10 + (d - b'0') as i32));
+            if let Some(tid) = tid.filter(|&t| t > 0) {
+                f(tid);
+            }
+            off += reclen;
+        }
+    };
+    close(fd);
+    result
+}
+
+/// The blocked-signal mask of thread `tid` of this process (`SigBlk` in its `status` file).
+pub fn blocked_signals(tid: i32) -> SysResult<u64> {
+    let mut path = [0u8; 48];
+    let prefix = b"/proc/self/task/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut len = prefix.len();
+    let mut digits = [0u8; 10];
+    let (mut v, mut nd) = (tid as u32, 0);
+    loop {
+        digits[nd] = b'0' + (v % 10) as u8;
+        nd += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in (0..nd).rev() {
+        path[len] = digits[i];
+        len += 1;
+    }
+    path[len..len + 8].copy_from_slice(b"/status\0");
+    let fd = open_read(&path[..len + 8])?;
+    let mut buf = [0u8; 2048];
+    let n = read(fd, buf.as_mut_ptr(), buf.len());
+    close(fd);
+    let text = &buf[..n?];
+    let key = b"SigBlk:";
+    let at = text.windows(key.len()).position(|w| w == key).ok_or(Errno(libc::EIO))? + key.len();
+    let hex = text[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_hexdigit());
+    hex.fold(Some(0u64), |acc, &d| Some(acc? << 4 | (d as char).to_digit(16)? as u64)).ok_or(Errno(libc::EIO))
 }

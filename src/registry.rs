@@ -8,17 +8,21 @@
 //! area valid) -> FREE (thread exit).
 //!
 //! Reclamation: a barrier reads other threads' areas only inside a [`ReadGuard`]; a thread that
-//! releases its slot waits until no guard is held before it may go on to exit (and free the
-//! memory holding its area). Both sides use sequentially consistent operations (a Dekker pair):
-//! either the reader sees the slot FREE, or the releasing thread sees the reader and waits.
+//! releases its slot waits, before it may go on to exit (and free the memory holding its area),
+//! until every barrier that could have seen its slot LIVE has ended — and only those: a barrier
+//! takes a ticket from a global sequence when it starts and publishes it in one of a fixed set of
+//! cells; the releasing thread frees its slot, reads the sequence, and waits for the cells that
+//! hold a ticket not above it. Barriers that start later get larger tickets and cannot see the
+//! slot LIVE, so a stream of barriers cannot starve an exiting thread. All operations on the slot
+//! state, the sequence and the cells are sequentially consistent (see [`ReadGuard::new`]).
 //!
-//! Guarantees: every function is async-signal-safe, lock-free and malloc-free (`mmap` only); only
-//! [`release`] may block, and only while a barrier is running.
+//! Guarantees: every function is async-signal-safe and malloc-free (`mmap` only); only
+//! [`release`] may block, and only while a barrier that started before it is running.
 
 use crate::abi::RseqrtArea;
 use crate::platform;
 use core::ptr;
-use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 const FREE: u32 = 0;
 const STARTING: u32 = 1;
@@ -46,8 +50,12 @@ static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
 static FREE_HINT: AtomicUsize = AtomicUsize::new(0);
 /// Slots in state STARTING or LIVE.
 static CLAIMED: AtomicUsize = AtomicUsize::new(0);
-/// Barriers currently reading other threads' areas.
-static READERS: AtomicU32 = AtomicU32::new(0);
+/// Ticket of the most recently started barrier.
+static BARRIER_SEQ: AtomicU64 = AtomicU64::new(0);
+/// Tickets of running barriers (0: cell free; `PENDING`: taking a ticket).
+const CELLS: usize = 128;
+const PENDING: u64 = u64::MAX;
+static RUNNING: [AtomicU64; CELLS] = [const { AtomicU64::new(0) }; CELLS];
 
 /// Index of a slot (stable for the life of the process).
 pub type SlotIndex = usize;
@@ -121,12 +129,16 @@ pub fn release(idx: SlotIndex) {
     s.state.store(FREE, SeqCst);
     CLAIMED.fetch_sub(1, Relaxed);
     FREE_HINT.store(idx, Relaxed);
-    loop {
-        let readers = READERS.load(SeqCst);
-        if readers == 0 {
-            break;
+    let freed_at = BARRIER_SEQ.load(SeqCst);
+    for cell in &RUNNING {
+        loop {
+            let t = cell.load(SeqCst);
+            if t == 0 || (t != PENDING && t > freed_at) {
+                break;
+            }
+            // A barrier that may have seen this slot LIVE is still running.
+            platform::sleep_ns(if t == PENDING { 1_000 } else { 50_000 });
         }
-        let _ = platform::futex_wait(&READERS, readers, 10_000_000);
     }
 }
 
@@ -135,14 +147,28 @@ pub fn known_threads() -> usize {
     CLAIMED.load(Relaxed)
 }
 
-/// Proof that the holder may read the areas of LIVE slots: their threads cannot finish exiting
-/// while it exists.
-pub struct ReadGuard(());
+/// Proof that the holder may read the areas of slots it sees LIVE: their threads cannot finish
+/// exiting while it exists.
+pub struct ReadGuard(&'static AtomicU64);
 
 impl ReadGuard {
+    /// Publishes a ticket. Why a slot's releaser waits for any barrier that sees the slot LIVE:
+    /// that barrier's load of the state precedes the releaser's FREE store in the single order of
+    /// sequentially consistent operations, so its PENDING mark and then its ticket (taken before
+    /// the load) do too, and the releaser, reading the cells after its store, sees PENDING or a
+    /// ticket no larger than the sequence value it read.
     pub fn new() -> Self {
-        READERS.fetch_add(1, SeqCst);
-        ReadGuard(())
+        loop {
+            for cell in &RUNNING {
+                if cell.compare_exchange(0, PENDING, SeqCst, Relaxed).is_ok() {
+                    let ticket = BARRIER_SEQ.fetch_add(1, SeqCst) + 1;
+                    cell.store(ticket, SeqCst);
+                    return ReadGuard(cell);
+                }
+            }
+            // More than CELLS barriers at once: wait for one to finish.
+            platform::sched_yield();
+        }
     }
 
     /// Calls `f(tid, area)` for every LIVE slot.
@@ -166,9 +192,7 @@ impl ReadGuard {
 
 impl Drop for ReadGuard {
     fn drop(&mut self) {
-        if READERS.fetch_sub(1, SeqCst) == 1 {
-            platform::futex_wake_all(&READERS);
-        }
+        self.0.store(0, SeqCst);
     }
 }
 
@@ -188,5 +212,7 @@ pub fn after_fork_child(survivor: Option<SlotIndex>, tid: i32) {
     }
     CLAIMED.store(claimed, Relaxed);
     FREE_HINT.store(0, Relaxed);
-    READERS.store(0, SeqCst);
+    for cell in &RUNNING {
+        cell.store(0, SeqCst);
+    }
 }

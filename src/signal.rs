@@ -3,13 +3,16 @@
 //! deliverable: masks the program sets (`pthread_sigmask`, `sigprocmask`) never block it, the
 //! sets it waits for (`sigwait*`) never include it, and `sigaction`/`signal` refuse to change it.
 //!
-//! The handler does nothing: delivering a signal is what makes the thread's own kernel process
-//! its `rseq_cs` (abort a running critical section, then clear the field) before the handler
-//! runs. It is installed with `SA_RESTART`, so interrupted system calls resume, and it touches
-//! no memory, so it keeps `errno`.
+//! Delivering the signal is what makes the thread's own kernel process its `rseq_cs` (abort a
+//! running critical section, then clear the field) before the handler runs. The handler only
+//! acknowledges, for threads whose areas the barrier cannot read: it records its thread id and
+//! the current acknowledgement generation in a fixed table. It is installed with `SA_RESTART`,
+//! so interrupted system calls resume (calls that never restart, such as `sigtimedwait()`,
+//! `nanosleep()` or `epoll_wait()`, return EINTR, as with glibc's own SIGSETXID), and it makes
+//! no call that sets `errno`: async-signal-safe, allocation-free, errno kept.
 
 use crate::real::{self, Next};
-use core::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::{Relaxed, SeqCst}};
 use libc::{c_int, sigset_t};
 
 /// The reserved signal, 0 until [`init`] picks it.
@@ -20,7 +23,40 @@ pub fn reserved() -> c_int {
     RESERVED.load(Relaxed)
 }
 
-extern "C" fn on_reserved_signal(_sig: c_int) {}
+/// Acknowledgement cells, indexed by thread id modulo their number: (tid << 32) | generation.
+const ACK_CELLS: usize = 4096;
+static ACKS: [AtomicU64; ACK_CELLS] = [const { AtomicU64::new(0) }; ACK_CELLS];
+static ACK_GENERATION: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_reserved_signal(_sig: c_int) {
+    let tid = crate::platform::gettid();
+    let generation = ACK_GENERATION.load(SeqCst);
+    ACKS[ack_cell(tid)].store(((tid as u32 as u64) << 32) | generation as u64, SeqCst);
+}
+
+/// The acknowledgement cell of thread `tid` (two threads sharing one must not be signalled in
+/// the same round).
+pub fn ack_cell(tid: i32) -> usize {
+    tid as u32 as usize % ACK_CELLS
+}
+
+/// Starts a round of signals: acknowledgements carrying this generation or a later one were
+/// made by handlers that ran after this call.
+pub fn next_ack_generation() -> u32 {
+    ACK_GENERATION.fetch_add(1, SeqCst).wrapping_add(1)
+}
+
+/// Whether thread `tid` ran the handler since `next_ack_generation()` returned `generation`.
+pub fn acknowledged(tid: i32, generation: u32) -> bool {
+    let cell = ACKS[ack_cell(tid)].load(SeqCst);
+    (cell >> 32) as u32 == tid as u32 && (cell as u32).wrapping_sub(generation) as i32 >= 0
+}
+
+/// Whether thread `tid` blocks the reserved signal; `Err` when it is gone.
+pub fn blocks_reserved(tid: i32) -> crate::platform::SysResult<bool> {
+    let sig = reserved();
+    crate::platform::blocked_signals(tid).map(|mask| sig > 0 && mask & (1u64 << (sig - 1)) != 0)
+}
 
 type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
 

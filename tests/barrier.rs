@@ -351,6 +351,8 @@ fn failed_barrier_frees_nothing() {
     let mut f = Vec::new();
     plain_and_rseqrt("unreachable", &[], &[("RSEQRT_TIMEOUT_MS", "200")], &mut f);
     plain_and_rseqrt("rawmask", &[], &[], &mut f);
+    // A raw clone() thread unknown to both rseqrt and glibc is found and signalled.
+    plain_and_rseqrt("rawunknown", &[], &[], &mut f);
     finish("failed barrier", f);
 }
 

@@ -11,14 +11,7 @@
 //! Guarantees: malloc-free, but NOT async-signal-safe (glibc takes its thread-list lock), so the
 //! barrier skips this step, and fails instead, when called with `RSEQRT_CLEAR_SIGNAL_SAFE`.
 
-use crate::platform::{self, Errno};
-use crate::registry;
-
-/// Whether the process has threads rseqrt did not start or adopt.
-pub fn unknown_threads_exist() -> bool {
-    // Unknown when /proc is unreadable: assume the worst.
-    platform::thread_count().map_or(true, |n| n > registry::known_threads())
-}
+use crate::platform::Errno;
 
 /// Makes every thread glibc created take a signal and waits until each has.
 pub fn reach_every_libc_thread() -> Result<(), Errno> {

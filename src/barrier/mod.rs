@@ -25,8 +25,9 @@
 //!    ▼
 //!   FAIL (ETIMEDOUT): the caller frees nothing
 //! ```
-//! UNKNOWN covers threads that the registry does not know, and BROADCAST registered threads that
-//! block every signal but glibc's own (a `SIGEV_THREAD` callback): see `broadcast`.
+//! UNKNOWN covers threads that the registry does not know (see `unknown`), and BROADCAST
+//! registered threads that block every signal but glibc's own (a `SIGEV_THREAD` callback): see
+//! `broadcast`.
 //!
 //! Cost follows the threads that matter: the scan is one load per registered thread; only
 //! threads whose `rseq_cs` refers to the memory get a system call.
@@ -41,6 +42,7 @@
 
 mod broadcast;
 mod descriptor;
+mod unknown;
 pub mod expedite;
 
 pub use descriptor::Range;
@@ -104,7 +106,15 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
     clear_own(&mut classify);
     // The clock is read only once a thread needs chasing: the common call costs no system call
     // but the unknown-thread check.
-    let mut deadline = None;
+    let deadline = core::cell::Cell::new(None::<u64>);
+    let deadline_ns = || match deadline.get() {
+        Some(d) => d,
+        None => {
+            let d = platform::monotonic_ns().saturating_add(config::timeout_ns());
+            deadline.set(Some(d));
+            d
+        }
+    };
     let guard = ReadGuard::new();
     loop {
         let mut batch = [Suspect { tid: 0, area: core::ptr::null_mut() }; BATCH];
@@ -112,9 +122,8 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
         if n == 0 {
             break;
         }
-        let now = platform::monotonic_ns();
-        let deadline = *deadline.get_or_insert_with(|| now.saturating_add(config::timeout_ns()));
-        if now >= deadline {
+        let deadline = deadline_ns();
+        if platform::monotonic_ns() >= deadline {
             return Err(Errno(libc::ETIMEDOUT)); // threads keep re-entering the memory's critical sections
         }
         let pending = &mut batch[..n];
@@ -123,14 +132,7 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
             signal_and_wait(&mut pending[..left], &mut classify, deadline, flags)?;
         }
     }
-    drop(guard);
-    if owner == Owner::Libc && broadcast::unknown_threads_exist() {
-        if flags & SIGNAL_SAFE != 0 {
-            return Err(Errno(libc::EAGAIN));
-        }
-        broadcast::reach_every_libc_thread()?;
-    }
-    Ok(())
+    unknown::cover(&guard, owner, flags, deadline_ns)
 }
 
 /// The calling thread clears its own field directly: it is in user space, so its kernel is not

@@ -1,0 +1,127 @@
+//! UNKNOWN: threads the registry does not know — the C library's own helper threads, threads
+//! that existed before rseqrt was loaded, raw `clone()` threads. Their areas cannot be read, so
+//! each is made to take a signal, which makes its own kernel process its `rseq_cs`:
+//!
+//! * a thread that accepts the reserved signal gets it and acknowledges from the handler (the
+//!   acknowledgement table in `signal`), proving the delivery happened after the barrier began;
+//! * a thread that blocks it (glibc's helpers block every signal but glibc's own) is, where glibc
+//!   owns registration, reached by glibc's broadcast (`broadcast`); where rseqrt owns
+//!   registration glibc's threads have no area, so there is nothing to reach. A raw `clone()`
+//!   thread that blocks the signal with a raw system call cannot be reached at all (README).
+//!
+//! Detection costs one `fstat()` per barrier (`platform::thread_count`); the rest runs only when
+//! the process has more threads than the registry knows.
+//!
+//! Guarantees: allocation-free (fixed arrays on the stack); async-signal-safe except the glibc
+//! broadcast, which `SIGNAL_SAFE` callers never reach (they get EAGAIN).
+
+use super::{broadcast, SIGNAL_SAFE};
+use crate::platform::{self, Errno};
+use crate::registry::{self, ReadGuard};
+use crate::signal;
+use crate::state::Owner;
+
+/// Known thread ids held for the lookup; beyond this, unknown threads are found by a slower scan.
+const KNOWN_MAX: usize = 4096;
+/// Unknown threads handled per round.
+const ROUND: usize = 64;
+const RESEND_NS: u64 = 10_000_000;
+
+/// Makes every thread the registry does not know take a signal, or fails without freeing.
+pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, deadline: impl Fn() -> u64) -> Result<(), Errno> {
+    if platform::thread_count().is_ok_and(|n| n <= registry::known_threads()) {
+        return Ok(());
+    }
+    let mut known = [0i32; KNOWN_MAX];
+    let mut n_known = 0;
+    let mut overflow = false;
+    guard.for_each_live(|tid, _| {
+        if n_known < KNOWN_MAX {
+            known[n_known] = tid;
+            n_known += 1;
+        } else {
+            overflow = true;
+        }
+    });
+    let known = &mut known[..n_known];
+    known.sort_unstable();
+    let is_known = |tid: i32| known.binary_search(&tid).is_ok() || (overflow && registry_has(guard, tid));
+
+    let me = platform::gettid();
+    let mut blocked_seen = false;
+    let mut round = [0i32; ROUND];
+    let mut n = 0;
+    let mut result = Ok(());
+    platform::for_each_thread(|tid| {
+        if result.is_err() || tid == me || is_known(tid) {
+            return;
+        }
+        match signal::blocks_reserved(tid) {
+            Ok(true) => blocked_seen = true,
+            Ok(false) => {
+                // One round never holds two threads that share an acknowledgement cell.
+                if n == ROUND || round[..n].iter().any(|&t| signal::ack_cell(t) == signal::ack_cell(tid)) {
+                    result = signal_round(&round[..n], &deadline);
+                    n = 0;
+                }
+                round[n] = tid;
+                n += 1;
+            }
+            Err(_) => {} // gone already
+        }
+    })?;
+    result?;
+    signal_round(&round[..n], &deadline)?;
+    if blocked_seen && owner == Owner::Libc {
+        if flags & SIGNAL_SAFE != 0 {
+            return Err(Errno(libc::EAGAIN));
+        }
+        broadcast::reach_every_libc_thread()?;
+    }
+    Ok(())
+}
+
+/// Slow membership test, for processes with more than `KNOWN_MAX` registered threads.
+fn registry_has(guard: &ReadGuard, tid: i32) -> bool {
+    let mut found = false;
+    guard.for_each_live(|t, _| found |= t == tid);
+    found
+}
+
+/// Signals each thread of `tids` and waits until each has acknowledged (or is gone).
+fn signal_round(tids: &[i32], deadline: &impl Fn() -> u64) -> Result<(), Errno> {
+    if tids.is_empty() {
+        return Ok(());
+    }
+    let sig = signal::reserved();
+    if sig == 0 {
+        return Err(Errno(libc::ENOSYS));
+    }
+    let pid = platform::getpid();
+    let generation = signal::next_ack_generation();
+    let mut done = [false; ROUND];
+    loop {
+        for (i, &tid) in tids.iter().enumerate() {
+            if !done[i] && platform::tgkill(pid, tid, sig) == Err(Errno(libc::ESRCH)) {
+                done[i] = true;
+            }
+        }
+        let resend_at = platform::monotonic_ns() + RESEND_NS;
+        loop {
+            for (i, &tid) in tids.iter().enumerate() {
+                done[i] = done[i] || signal::acknowledged(tid, generation);
+            }
+            if done[..tids.len()].iter().all(|&d| d) {
+                return Ok(());
+            }
+            let now = platform::monotonic_ns();
+            if now >= deadline() {
+                return Err(Errno(libc::ETIMEDOUT));
+            }
+            if now >= resend_at {
+                break;
+            }
+            platform::sched_yield();
+        }
+    }
+}
