@@ -38,5 +38,6 @@ pub extern "C" fn run() {
 /// In the child of `fork()`: the kernel kept the forking thread's rseq registration (same
 /// address), as it does for glibc's; only the registry needs to forget the other threads.
 extern "C" fn after_fork_child() {
+    platform::after_fork();
     registry::after_fork_child(registration::current_slot(), platform::gettid());
 }

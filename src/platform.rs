@@ -135,22 +135,26 @@ pub fn sleep_ns(ns: u64) {
     let _ = unsafe { sys!(libc::SYS_clock_nanosleep, libc::CLOCK_MONOTONIC, 0, &ts as *const libc::timespec, 0) };
 }
 
+/// The kept `/proc/self/task` descriptor of [`thread_count`] (-1: none yet), and the inode it
+/// named when opened.
+static TASK_DIR_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);
+static TASK_DIR_INODE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static TASK_DIR_DEV: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// Number of threads in this process: the link count of `/proc/self/task` is 2 plus the number
 /// of threads, and `fstat` on a kept `O_PATH` descriptor reads it in constant time (well under a
 /// microsecond, against tens for parsing `/proc/self/stat` with a thousand threads).
 ///
-/// The descriptor is reopened in a `fork()` child (it would describe the parent) and whenever it
-/// no longer names the same directory (the program closed it and the number was reused).
+/// The descriptor is reopened when it no longer names the same directory (the program closed it
+/// and the number was reused), and in a `fork()` child ([`after_fork`]), where it would describe
+/// the parent.
 pub fn thread_count() -> SysResult<usize> {
-    use core::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
-    static FD: AtomicI32 = AtomicI32::new(-1);
-    static OWNER_PID: AtomicI32 = AtomicI32::new(0);
-    static INODE: AtomicU64 = AtomicU64::new(0);
-    let pid = getpid();
-    let fd = FD.load(Relaxed);
-    if fd >= 0 && OWNER_PID.load(Relaxed) == pid {
+    use core::sync::atomic::Ordering::Relaxed;
+    let fd = TASK_DIR_FD.load(Relaxed);
+    if fd >= 0 {
         if let Ok(st) = fstat(fd) {
-            if st.st_ino == INODE.load(Relaxed) && st.st_nlink >= 2 {
+            let same = st.st_ino == TASK_DIR_INODE.load(Relaxed) && st.st_dev == TASK_DIR_DEV.load(Relaxed);
+            if same && st.st_nlink >= 2 {
                 return Ok(st.st_nlink as usize - 2);
             }
         }
@@ -160,12 +164,20 @@ pub fn thread_count() -> SysResult<usize> {
         sys!(libc::SYS_openat, libc::AT_FDCWD, b"/proc/self/task\0".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
     }? as i32;
     let st = fstat(fresh)?;
-    // Publish the new descriptor; the old one is abandoned, not closed: after fork() or reuse it
-    // may be somebody else's.
-    FD.store(fresh, Relaxed);
-    INODE.store(st.st_ino, Relaxed);
-    OWNER_PID.store(pid, Relaxed);
+    // Publish the new descriptor; an old one is abandoned, not closed: it may be somebody else's
+    // by now. (Two racing callers may both open one; the loser's stays open, unused.)
+    TASK_DIR_INODE.store(st.st_ino, Relaxed);
+    TASK_DIR_DEV.store(st.st_dev, Relaxed);
+    TASK_DIR_FD.store(fresh, Relaxed);
     Ok((st.st_nlink as usize).saturating_sub(2))
+}
+
+/// In a `fork()` child: forget descriptors that describe the parent.
+pub fn after_fork() {
+    let fd = TASK_DIR_FD.swap(-1, core::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        close(fd);
+    }
 }
 
 /// `fstat(2)`.
