@@ -18,6 +18,45 @@ pub struct LinkMap {
     pub l_prev: *const LinkMap,
 }
 
+/// `struct r_debug` of `<link.h>`, with glibc 2.35's extension (`r_version` 2: `r_next` chains
+/// the other link-map namespaces).
+#[repr(C)]
+pub struct RDebug {
+    pub r_version: i32,
+    pub r_map: *const LinkMap,
+    pub r_brk: usize,
+    pub r_state: i32,
+    pub r_ldbase: usize,
+    pub r_next: *const RDebug,
+}
+
+extern "C" {
+    /// The dynamic linker's debugger interface, defined by ld.so.
+    pub static _r_debug: RDebug;
+}
+
+/// Whether `map` is one of the loaded objects, in any namespace. Call only where no object can
+/// be loaded or unloaded concurrently by this thread's own doing (the lists are the loader's).
+pub fn is_loaded_object(map: *const LinkMap) -> bool {
+    // SAFETY: `_r_debug` is ld.so's; its lists hold only loaded objects. Reading them without the
+    // loader lock can race with another thread's dlopen/dlclose, but a list element stays valid
+    // until its object is unloaded, and this object (if it is one) is held by the caller's handle.
+    unsafe {
+        let mut ns = core::ptr::addr_of!(_r_debug);
+        while !ns.is_null() {
+            let mut m = (*ns).r_map;
+            while !m.is_null() {
+                if m == map {
+                    return true;
+                }
+                m = (*m).l_next;
+            }
+            ns = if (*ns).r_version >= 2 { (*ns).r_next } else { core::ptr::null() };
+        }
+    }
+    false
+}
+
 pub const DT_NULL: i64 = 0;
 pub const DT_NEEDED: i64 = 1;
 pub const DT_HASH: i64 = 4;

@@ -17,6 +17,7 @@
 
 use crate::barrier::{self, Range};
 use crate::capi;
+use crate::unmap::page_range;
 use crate::platform::{self, Errno};
 use core::ffi::{c_int, c_void};
 
@@ -34,10 +35,6 @@ pub extern "C" fn rseqrt_preload_munmap(addr: *mut c_void, len: usize) -> c_int 
 
 /// Runs the barrier over `ranges`; on failure sets errno and returns `MAP_FAILED`.
 fn barrier_or_fail(ranges: &[Range]) -> Option<*mut c_void> {
-    let ranges: &[Range] = match ranges.iter().position(|r| r.start == r.end) {
-        Some(0) if ranges.len() == 1 => return None,
-        _ => ranges,
-    };
     barrier::clear(ranges, 0).err().map(|Errno(e)| {
         // SAFETY: errno is thread-local.
         unsafe { *libc::__errno_location() = e };
@@ -63,12 +60,14 @@ fn map_result(r: platform::SysResult<usize>) -> *mut c_void {
 #[no_mangle]
 pub extern "C" fn rseqrt_preload_mremap(old: *mut c_void, old_size: usize, new_size: usize, flags: c_int, new_address: *mut c_void) -> *mut c_void {
     let old = old as usize;
+    // The kernel works in whole pages: a shrink frees from the page after the new end.
+    let (old_pages, new_pages) = (page_range(old, old_size), page_range(old, new_size));
     let freed = if flags & (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) != 0 {
-        Range::new(old, old_size)
+        old_pages
     } else {
-        Range::new(old.saturating_add(new_size), old_size.saturating_sub(new_size))
+        Range { start: new_pages.end.min(old_pages.end), end: old_pages.end }
     };
-    let target = if flags & libc::MREMAP_FIXED != 0 { Range::new(new_address as usize, new_size) } else { freed };
+    let target = if flags & libc::MREMAP_FIXED != 0 { page_range(new_address as usize, new_size) } else { freed };
     if let Some(failed) = barrier_or_fail(&[freed, target]) {
         return failed;
     }
@@ -79,7 +78,7 @@ pub extern "C" fn rseqrt_preload_mremap(old: *mut c_void, old_size: usize, new_s
 #[no_mangle]
 pub extern "C" fn rseqrt_preload_mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, offset: libc::off_t) -> *mut c_void {
     if flags & libc::MAP_FIXED != 0 && flags & libc::MAP_FIXED_NOREPLACE == 0 {
-        if let Some(failed) = barrier_or_fail(&[Range::new(addr as usize, len)]) {
+        if let Some(failed) = barrier_or_fail(&[page_range(addr as usize, len)]) {
             return failed;
         }
     }

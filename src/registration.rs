@@ -47,10 +47,15 @@ pub fn unregister_area() -> SysResult<()> {
 /// Enters the calling thread in the registry (slot `idx`, already claimed) and arranges for the
 /// slot to be freed at thread exit.
 pub fn adopt_current_thread(idx: SlotIndex) {
+    if !thread::arm_exit_hook(idx) {
+        // Nothing would take the thread out of the registry at exit: leave it unknown (barriers
+        // then reach it by signal, as any thread they did not start).
+        registry::release(idx);
+        return;
+    }
     // SAFETY: the TLS slot word belongs to this thread.
     unsafe { *arch::tls_slot() = idx as u64 + 1 };
     registry::activate(idx, platform::gettid(), state::current_area());
-    thread::arm_exit_hook(idx);
 }
 
 /// The calling thread's registry slot, if it has one.
@@ -60,6 +65,19 @@ pub fn current_slot() -> Option<SlotIndex> {
         0 => None,
         n => Some(n as usize - 1),
     }
+}
+
+/// Thread exit (the last destructor round): unregisters the area, in every owner mode, so that no
+/// code still to run in this thread can leave a `rseq_cs` the kernel would read, then leaves the
+/// registry.
+pub fn retire_current_thread() {
+    if current_slot().is_some() {
+        let area = state::current_area();
+        // SAFETY: this thread's own area.
+        unsafe { write_volatile(addr_of_mut!((*area).rseq_cs), 0) };
+        let _ = unregister_area();
+    }
+    forget_current_thread();
 }
 
 /// Leaves the registry (thread exit or explicit unregistration).
@@ -76,4 +94,21 @@ pub fn forget_current_thread() {
 #[inline(always)]
 pub fn area() -> *mut RseqrtArea {
     state::current_area()
+}
+
+/// Runs `f` with the calling thread's area unregistered (when it is registered), then clears the
+/// thread's `rseq_cs` and registers the area again. While unregistered, the kernel reads nothing
+/// of the area, so `f` may free memory that the thread's own critical sections refer to.
+pub fn with_own_area_unregistered<R>(f: impl FnOnce() -> R) -> R {
+    let area = state::current_area();
+    // SAFETY: this thread's own area (valid in every owner mode).
+    let registered = state::owner() != state::Owner::None && unsafe { read_volatile(addr_of_mut!((*area).cpu_id)) } as i32 >= 0;
+    if !registered || unregister_area().is_err() {
+        return f();
+    }
+    let result = f();
+    // SAFETY: this thread's own area; unregistered, so only this thread writes it.
+    unsafe { write_volatile(addr_of_mut!((*area).rseq_cs), 0) };
+    let _ = register_area();
+    result
 }

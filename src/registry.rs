@@ -48,8 +48,8 @@ static CHUNKS: [AtomicPtr<Chunk>; MAX_CHUNKS] = [const { AtomicPtr::new(ptr::nul
 static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
 /// A slot index that was recently freed: where the next claim starts looking.
 static FREE_HINT: AtomicUsize = AtomicUsize::new(0);
-/// Slots in state STARTING or LIVE.
-static CLAIMED: AtomicUsize = AtomicUsize::new(0);
+/// Slots in state LIVE: threads whose id and area the registry holds.
+static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// Ticket of the most recently started barrier.
 static BARRIER_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Tickets of running barriers (0: cell free; `PENDING`: taking a ticket).
@@ -90,7 +90,6 @@ pub fn claim(start: usize, arg: usize) -> Option<SlotIndex> {
         }
         s.start.store(start, Relaxed);
         s.arg.store(arg, Relaxed);
-        CLAIMED.fetch_add(1, Relaxed);
         true
     };
     let high = HIGH_WATER.load(Acquire);
@@ -120,14 +119,16 @@ pub fn activate(idx: SlotIndex, tid: i32, area: *mut RseqrtArea) {
         s.tid.store(tid, Relaxed);
         s.area.store(area, Relaxed);
         s.state.store(LIVE, SeqCst);
+        LIVE_COUNT.fetch_add(1, Relaxed);
     }
 }
 
 /// Frees a slot, then waits until no barrier may still read the area it described.
 pub fn release(idx: SlotIndex) {
     let Some(s) = slot(idx) else { return };
-    s.state.store(FREE, SeqCst);
-    CLAIMED.fetch_sub(1, Relaxed);
+    if s.state.swap(FREE, SeqCst) == LIVE {
+        LIVE_COUNT.fetch_sub(1, Relaxed);
+    }
     FREE_HINT.store(idx, Relaxed);
     let freed_at = BARRIER_SEQ.load(SeqCst);
     for cell in &RUNNING {
@@ -142,9 +143,10 @@ pub fn release(idx: SlotIndex) {
     }
 }
 
-/// Number of threads the registry knows (starting or live).
+/// Number of threads the registry knows (LIVE). Threads still starting are not counted: a
+/// barrier then treats them as unknown, the safe direction.
 pub fn known_threads() -> usize {
-    CLAIMED.load(Relaxed)
+    LIVE_COUNT.load(Relaxed)
 }
 
 /// Proof that the holder may read the areas of slots it sees LIVE: their threads cannot finish
@@ -200,17 +202,17 @@ impl Drop for ReadGuard {
 /// the survivor its new thread id, and forgets barriers that were running in other threads.
 pub fn after_fork_child(survivor: Option<SlotIndex>, tid: i32) {
     let high = HIGH_WATER.load(Acquire);
-    let mut claimed = 0;
+    let mut live = 0;
     for idx in 0..high {
         let Some(s) = slot(idx) else { continue };
         if Some(idx) == survivor {
             s.tid.store(tid, Relaxed);
-            claimed += 1;
+            live += 1;
         } else {
             s.state.store(FREE, Relaxed);
         }
     }
-    CLAIMED.store(claimed, Relaxed);
+    LIVE_COUNT.store(live, Relaxed);
     FREE_HINT.store(0, Relaxed);
     for cell in &RUNNING {
         cell.store(0, SeqCst);

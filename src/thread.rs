@@ -9,38 +9,73 @@ use crate::registry::{self, SlotIndex};
 use crate::state::{self, Owner};
 use crate::{real, registration};
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, Ordering::{Acquire, Release}};
 use libc::{c_int, pthread_attr_t, pthread_t};
 
 /// A thread start routine (rseqrt never calls one from Rust: see `arch::rseqrt_thread_start`).
 type StartRoutine = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
 type PthreadCreate = unsafe extern "C" fn(*mut pthread_t, *const pthread_attr_t, StartRoutine, *mut c_void) -> c_int;
 
-/// Key whose destructor frees the thread's registry slot; `u32::MAX` until created.
-static EXIT_KEY: AtomicU32 = AtomicU32::new(u32::MAX);
+/// Key whose destructor retires the thread; `KEY_NONE` until created, `KEY_CREATING` meanwhile.
+static EXIT_KEY: AtomicU32 = AtomicU32::new(KEY_NONE);
+const KEY_NONE: u32 = u32::MAX;
+const KEY_CREATING: u32 = u32::MAX - 1;
+/// glibc runs thread-specific-data destructors in up to this many rounds
+/// (`PTHREAD_DESTRUCTOR_ITERATIONS`).
+const DESTRUCTOR_ROUNDS: usize = 4;
+/// The round number lives above the slot tag in the key's value.
+const ROUND_SHIFT: u32 = 48;
+
+/// The exit key, created on first use (the constructor creates it early, so that it is one of
+/// glibc's preallocated keys and setting it never allocates; a thread that a library's
+/// constructor started before rseqrt's constructor creates it then).
+fn exit_key() -> Option<libc::pthread_key_t> {
+    loop {
+        match EXIT_KEY.compare_exchange(KEY_NONE, KEY_CREATING, Acquire, Acquire) {
+            Ok(_) => {
+                let mut key: libc::pthread_key_t = 0;
+                // SAFETY: `key` is a live local; the destructor has the signature glibc expects.
+                let created = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
+                EXIT_KEY.store(if created { key } else { KEY_NONE }, Release);
+                return created.then_some(key);
+            }
+            Err(KEY_CREATING) => crate::platform::sched_yield(),
+            Err(key) => return Some(key),
+        }
+    }
+}
 
 /// Creates the exit key (constructor time).
 pub fn init_exit_hook() {
-    let mut key: libc::pthread_key_t = 0;
-    // SAFETY: `key` is a live local; the destructor has the signature glibc expects.
-    if unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0 {
-        EXIT_KEY.store(key, Relaxed);
-    }
+    let _ = exit_key();
 }
 
-/// Makes the exit destructor run for the calling thread.
-pub fn arm_exit_hook(idx: SlotIndex) {
-    let key = EXIT_KEY.load(Relaxed);
-    if key != u32::MAX {
-        // SAFETY: a key created by `init_exit_hook`; the value is a tag, never dereferenced.
-        unsafe { libc::pthread_setspecific(key, (idx + 1) as *const c_void) };
-    }
+/// Makes the exit destructor run for the calling thread; `false` if it cannot (the thread must
+/// then not become LIVE: nothing would take it out of the registry).
+pub fn arm_exit_hook(idx: SlotIndex) -> bool {
+    let Some(key) = exit_key() else { return false };
+    // SAFETY: a key created by `exit_key`; the value is a tag, never dereferenced.
+    unsafe { libc::pthread_setspecific(key, (idx + 1) as *const c_void) == 0 }
 }
 
-/// Thread-specific-data destructor: runs in the exiting thread after its start routine returned
-/// (or it called `pthread_exit`), while its stack and TLS, and so its rseq area, still exist.
-extern "C" fn on_thread_exit(_tag: *mut c_void) {
-    registration::forget_current_thread();
+/// Thread-specific-data destructor. It re-arms itself until glibc's last destructor round, so
+/// that it runs after the other libraries' destructors (which may still run critical sections),
+/// and then retires the thread: its rseq area is unregistered (nothing can make the kernel read
+/// its `rseq_cs` any more) and it leaves the registry. Until then the thread stays registered,
+/// as glibc's threads do until they exit.
+extern "C" fn on_thread_exit(value: *mut c_void) {
+    let value = value as usize;
+    let round = value >> ROUND_SHIFT;
+    if round + 1 < DESTRUCTOR_ROUNDS {
+        if let Some(key) = exit_key() {
+            let next = value & ((1 << ROUND_SHIFT) - 1) | (round + 1) << ROUND_SHIFT;
+            // SAFETY: as in `arm_exit_hook`.
+            if unsafe { libc::pthread_setspecific(key, next as *const c_void) } == 0 {
+                return;
+            }
+        }
+    }
+    registration::retire_current_thread();
 }
 
 /// rseqrt's `pthread_create` (exported under glibc's symbol versions; see `arch`).

@@ -14,33 +14,52 @@ use core::ptr;
 
 const MAX_OBJECTS: usize = 128;
 
-/// `munmap()` after the barrier over `[addr, addr + len)`. Arguments `munmap()` would reject are
-/// rejected first, with its errno (EINVAL), and nothing is freed if the barrier fails.
+/// The page size used to round lengths: the kernel frees whole pages.
+const PAGE: usize = 4096;
+
+/// `[addr, addr + len)` widened to whole pages, as the kernel treats it.
+pub fn page_range(addr: usize, len: usize) -> Range {
+    Range::new(addr & !(PAGE - 1), len.saturating_add(addr & (PAGE - 1)).saturating_add(PAGE - 1) & !(PAGE - 1))
+}
+
+/// `munmap()` after the barrier over the pages of `[addr, addr + len)`. Arguments `munmap()`
+/// would reject are rejected first, with its errno (EINVAL), and nothing is freed if the barrier
+/// fails.
 pub fn munmap(addr: *mut c_void, len: usize) -> Result<(), Errno> {
-    let page = 4096usize;
-    if len == 0 || addr as usize % page != 0 || (addr as usize).checked_add(len).is_none() {
+    if len == 0 || addr as usize % PAGE != 0 || (addr as usize).checked_add(len).is_none() {
         return Err(Errno(libc::EINVAL));
     }
-    barrier::clear(&[Range::new(addr as usize, len)], 0)?;
+    barrier::clear(&[page_range(addr as usize, len)], 0)?;
     // SAFETY: the caller asked for this range to be unmapped; the kernel validates it.
     unsafe { crate::platform::munmap(addr.cast(), len) }
 }
 
-/// The ranges `dlclose(handle)` may unmap; `None` when there are too many to list.
-fn dlclose_ranges(handle: *mut c_void, out: &mut [Range; MAX_OBJECTS]) -> Result<Option<usize>, ()> {
-    let mut map: *const LinkMap = ptr::null_mut();
-    // SAFETY: dlinfo validates the handle (dlerror() reports a bad one) and writes one pointer.
-    if unsafe { libc::dlinfo(handle, libc::RTLD_DI_LINKMAP, (&mut map as *mut *const LinkMap).cast()) } != 0 || map.is_null() {
-        return Err(());
+/// What `dlclose(handle)` may unmap.
+enum Unmaps {
+    /// The spans of the first `n` objects in the output array.
+    Objects(usize),
+    /// Too many objects (or dependencies) to list: treat it as everything.
+    Everything,
+    /// Not a handle of a loaded object: `dlclose()` will fail and unmap nothing.
+    Nothing,
+}
+
+/// The ranges `dlclose(handle)` may unmap.
+fn dlclose_ranges(handle: *mut c_void, out: &mut [Range; MAX_OBJECTS]) -> Unmaps {
+    // glibc's handles are link maps; dlinfo(RTLD_DI_LINKMAP) would hand back any pointer, so look
+    // the handle up in the loader's lists (every namespace) before reading through it.
+    let map = handle as *const LinkMap;
+    if !crate::elf::is_loaded_object(map) {
+        return Unmaps::Nothing;
     }
     let mut objects = [ptr::null::<LinkMap>(); MAX_OBJECTS];
     objects[0] = map;
     let mut count = 1;
     let mut next = 0;
     while next < count {
-        // SAFETY: every entry is a link_map of a loaded object (the loader's list is stable while
-        // the object is open, and the handle keeps it open).
-        let needed = unsafe { needed_names(&*objects[next]) };
+        // SAFETY: every entry is a loaded object of the loader's list (the handle keeps the
+        // object and its dependencies loaded while we look).
+        let Some(needed) = (unsafe { needed_names(&*objects[next]) }) else { return Unmaps::Everything };
         next += 1;
         for name in needed.iter().flatten() {
             // SAFETY: as above.
@@ -49,7 +68,7 @@ fn dlclose_ranges(handle: *mut c_void, out: &mut [Range; MAX_OBJECTS]) -> Result
                 continue;
             }
             if count == MAX_OBJECTS {
-                return Ok(None);
+                return Unmaps::Everything;
             }
             objects[count] = dep;
             count += 1;
@@ -59,48 +78,54 @@ fn dlclose_ranges(handle: *mut c_void, out: &mut [Range; MAX_OBJECTS]) -> Result
         // SAFETY: as above.
         out[i] = unsafe { load_span(&**obj) };
     }
-    Ok(Some(count))
+    Unmaps::Objects(count)
 }
 
-/// `dlclose()` after the barrier over every object it may unmap. An invalid handle goes straight
-/// to `dlclose()`, so its return value and `dlerror()` are the C library's.
+/// `dlclose()` after the barrier over every object it may unmap. A handle that is not a loaded
+/// object goes straight to `dlclose()`, so its return value and `dlerror()` are the C library's.
+///
+/// The object's own destructors run inside `dlclose()`, in the calling thread, after the
+/// barrier: a critical section there would leave the caller's `rseq_cs` pointing into the
+/// object as it is unmapped. So the caller's area is unregistered around the call (its
+/// critical sections then take their fallback paths) and registered again after.
 pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
     let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
     match dlclose_ranges(handle, &mut ranges) {
-        Ok(Some(n)) => barrier::clear(&ranges[..n], 0)?,
-        Ok(None) => barrier::clear_all(0)?,
-        Err(()) => {}
+        Unmaps::Objects(n) => barrier::clear(&ranges[..n], 0)?,
+        Unmaps::Everything => barrier::clear_all(0)?,
+        Unmaps::Nothing => {}
     }
     let next = crate::real::DLCLOSE.get();
     if next == 0 {
         return Err(Errno(libc::ENOSYS));
     }
-    // SAFETY: the C library's dlclose, called with the caller's handle.
+    // SAFETY: the C library's dlclose has this signature.
     let f: unsafe extern "C" fn(*mut c_void) -> libc::c_int = unsafe { core::mem::transmute(next) };
-    Ok(unsafe { f(handle) })
+    // SAFETY: the C library's dlclose, called with the caller's handle.
+    Ok(crate::registration::with_own_area_unregistered(|| unsafe { f(handle) }))
 }
 
-/// The `DT_NEEDED` names of `m` (at most 64).
+/// The `DT_NEEDED` names of `m`; `None` when it has more than fit.
 ///
 /// # Safety
 /// `m` must be a loaded object.
-unsafe fn needed_names(m: &LinkMap) -> [Option<&'static CStr>; 64] {
+unsafe fn needed_names(m: &LinkMap) -> Option<[Option<&'static CStr>; 64]> {
     let mut out = [None; 64];
     // SAFETY: a loaded object's dynamic section and string table are mapped.
     unsafe {
-        let Some(strtab) = m.dyn_ptr(DT_STRTAB) else { return out };
+        let Some(strtab) = m.dyn_ptr(DT_STRTAB) else { return Some(out) };
         // DT_NEEDED values are offsets into the string table.
         let mut d = m.l_ld;
         let mut n = 0;
-        while !d.is_null() && (*d).d_tag != crate::elf::DT_NULL && n < out.len() {
+        while !d.is_null() && (*d).d_tag != crate::elf::DT_NULL {
             if (*d).d_tag == DT_NEEDED {
-                out[n] = Some(CStr::from_ptr((strtab + (*d).d_val as usize) as *const libc::c_char));
+                *out.get_mut(n)? = Some(CStr::from_ptr((strtab + (*d).d_val as usize) as *const libc::c_char));
                 n += 1;
             }
             d = d.add(1);
         }
     }
-    out
+    Some(out)
 }
 
 /// The loaded object, in the list `any` belongs to, whose SONAME or file name is `name`.
@@ -119,10 +144,14 @@ unsafe fn find_loaded(any: *const LinkMap, name: &CStr) -> Option<*const LinkMap
             let soname = obj.dyn_val(DT_SONAME)
                 .zip(obj.dyn_ptr(DT_STRTAB))
                 .map(|(off, strtab)| CStr::from_ptr((strtab + off) as *const libc::c_char));
-            let file = (!obj.l_name.is_null())
-                .then(|| CStr::from_ptr(obj.l_name.cast()).to_bytes())
-                .and_then(|p| p.rsplit(|&b| b == b'/').next());
-            if soname == Some(name) || file == Some(name.to_bytes()) {
+            let path = (!obj.l_name.is_null()).then(|| CStr::from_ptr(obj.l_name.cast()).to_bytes());
+            // A DT_NEEDED entry with a slash names a path; otherwise a SONAME or a file name.
+            let matches = if name.to_bytes().contains(&b'/') {
+                path == Some(name.to_bytes())
+            } else {
+                soname == Some(name) || path.and_then(|p| p.rsplit(|&b| b == b'/').next()) == Some(name.to_bytes())
+            };
+            if matches {
                 return Some(m);
             }
             m = obj.l_next;

@@ -53,7 +53,8 @@ use crate::platform::{self, Errno};
 use crate::registry::ReadGuard;
 use crate::state::{self, Owner};
 use crate::{config, registration, signal};
-use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use core::ptr::{addr_of_mut, write_volatile};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Flag: the caller may be a signal handler; use only async-signal-safe steps.
 pub const SIGNAL_SAFE: u32 = 1;
@@ -78,10 +79,12 @@ struct Suspect {
     area: *mut RseqrtArea,
 }
 
+/// Reads a thread's `rseq_cs`, which that thread and its kernel write concurrently: an atomic load.
 fn read_cs(area: *mut RseqrtArea) -> u64 {
     // SAFETY: areas come from LIVE registry slots read under a ReadGuard, so their threads cannot
-    // finish exiting (and free the area) while the barrier runs.
-    unsafe { read_volatile(addr_of!((*area).rseq_cs)) }
+    // finish exiting (and free the area) while the barrier runs; the field is 8-byte aligned, and
+    // every access to it from Rust is atomic or by its own thread.
+    unsafe { AtomicU64::from_ptr(addr_of_mut!((*area).rseq_cs)).load(Relaxed) }
 }
 
 /// Clears every `rseq_cs` that refers to any of `ranges` (all of them for [`clear_all`]).

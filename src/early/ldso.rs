@@ -9,14 +9,8 @@
 //! glibc 2.35+ defines them in `ld-linux-x86-64.so.2`.
 
 use crate::arch;
-use crate::elf::{LinkMap, DT_GNU_HASH, DT_HASH, DT_STRTAB, DT_SYMTAB};
+use crate::elf::{LinkMap, _r_debug, DT_GNU_HASH, DT_HASH, DT_STRTAB, DT_SYMTAB};
 use core::ptr;
-
-#[repr(C)]
-struct RDebug {
-    r_version: i32,
-    r_map: *const LinkMap,
-}
 
 #[repr(C)]
 struct Elf64Sym {
@@ -26,11 +20,6 @@ struct Elf64Sym {
     st_shndx: u16,
     st_value: u64,
     st_size: u64,
-}
-
-extern "C" {
-    /// The dynamic linker's debugger interface (`<link.h>`), defined by ld.so.
-    static _r_debug: RDebug;
 }
 
 /// glibc's three values.

@@ -67,10 +67,10 @@ fn self_area_length(kernel: auxv::RseqFeatures) -> u32 {
     }
 }
 
-/// Whether the rseq system call exists for this process. An unregister request for an area that
-/// is not registered answers EINVAL when rseq exists and ENOSYS when it does not (old kernel, or
-/// a seccomp filter); it changes nothing either way.
+/// Whether the rseq system call works for this process. An unregister request for an area that
+/// is not registered answers EINVAL when rseq exists; anything else (ENOSYS from an old kernel,
+/// ENOSYS or EPERM from a seccomp filter) means rseqrt could not register. It changes nothing.
 fn kernel_has_rseq() -> bool {
     platform::rseq(core::ptr::null_mut(), ORIGINAL_AREA_LENGTH, crate::abi::FLAG_UNREGISTER, arch::RSEQ_SIG)
-        != Err(Errno(libc::ENOSYS))
+        == Err(Errno(libc::EINVAL))
 }
