@@ -681,6 +681,16 @@ static void clear_in_handler(int sig)
     errno = saved;
 }
 
+/* Runs clear_in_handler() as a SIGUSR1 handler, now. */
+static void clear_from_a_handler(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = clear_in_handler;
+    sigaction(SIGUSR1, &sa, NULL);
+    raise(SIGUSR1);
+}
+
 static void sc_sighandler(void)
 {
     sig_page = desc_page();
@@ -689,11 +699,7 @@ static void sc_sighandler(void)
     stale_start(&s[1], ST_READ, "blocked-2", sig_page);
     stale_start(&s[2], ST_SIGFILL, "sigfilled", sig_page);
     if (use_rseqrt) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = clear_in_handler;
-        sigaction(SIGUSR1, &sa, NULL);
-        raise(SIGUSR1);
+        clear_from_a_handler();
         check(sig_rc == 0, "rseqrt_clear(SIGNAL_SAFE) from a SIGUSR1 handler, every thread known to rseqrt: "
               "rc %d errno %d (%s), %.2f ms", sig_rc, sig_errno, strerror(sig_errno), sig_ms);
         for (int i = 0; i < 3; i++)
@@ -737,14 +743,9 @@ static void sc_sighandler_timer(void)
     if (pipe(timer_pipe) != 0)
         die(2, "pipe");
     timer_t timer;
-    struct sigevent sev;
-    memset(&sev, 0, sizeof sev);
-    sev.sigev_notify = SIGEV_THREAD;
-    sev.sigev_notify_function = timer_cb;
-    if (timer_create(CLOCK_MONOTONIC, &sev, &timer) != 0)
-        die(2, "timer_create: %s", strerror(errno));
-    struct itimerspec its = {{0, 0}, {0, 1000000}};
-    timer_settime(timer, 0, &its, NULL);
+    const char *failed = crash_start_timer_thread(timer_cb, &timer);
+    if (failed)
+        die(2, "%s: %s", failed, strerror(errno));
     double t0 = now_ms();
     while (atomic_load(&timer_ready) == 0) {
         if (now_ms() - t0 > 5000)
@@ -757,11 +758,7 @@ static void sc_sighandler_timer(void)
     unsigned long long blk = status_mask(0, "SigBlk"); /* main's; the helper's is read below */
     (void)blk;
     if (use_rseqrt) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = clear_in_handler;
-        sigaction(SIGUSR1, &sa, NULL);
-        raise(SIGUSR1);
+        clear_from_a_handler();
         printf("observed: rseqrt_clear(SIGNAL_SAFE) from a handler while a SIGEV_THREAD helper holds a "
                "stale pointer: rc %d errno %d (%s) after %.2f ms; helper rseq_cs %s the page\n",
                sig_rc, sig_errno, strerror(sig_errno), sig_ms,
@@ -1053,6 +1050,19 @@ static void start_raw_thread(void)
         sched_yield();
 }
 
+/* Wakes the raw thread and waits (up to 5 s) until it has exited. */
+static void raw_wake_and_wait(void)
+{
+    __atomic_store_n(&raw_wake, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &raw_wake, FUTEX_WAKE, 1, NULL, NULL, 0);
+    double t0 = now_ms();
+    while (raw_ctid != 0) {
+        if (now_ms() - t0 > 5000)
+            fail("the raw thread did not exit (state %d)", atomic_load(&raw_state));
+        sleep_ms(1);
+    }
+}
+
 static void sc_unreachable(void)
 {
     raw_page = desc_page();
@@ -1081,14 +1091,7 @@ static void sc_unreachable(void)
     } else {
         munmap(raw_page, pagesz);
     }
-    __atomic_store_n(&raw_wake, 1, __ATOMIC_SEQ_CST);
-    syscall(SYS_futex, &raw_wake, FUTEX_WAKE, 1, NULL, NULL, 0);
-    double t0 = now_ms();
-    while (raw_ctid != 0) {
-        if (now_ms() - t0 > 5000)
-            fail("the raw thread did not exit (state %d)", atomic_load(&raw_state));
-        sleep_ms(1);
-    }
+    raw_wake_and_wait();
     check(atomic_load(&raw_state) == 3, "woken, the raw thread returned to user space, unregistered and exited");
     int rc = rseqrt_munmap(raw_page, pagesz);
     check(rc == 0, "rseqrt_munmap once it is gone: %d", rc);
@@ -1107,14 +1110,7 @@ static void sc_rawunknown(void)
           "raw clone() thread %d, registered by itself, accepts the reserved signal", raw_ctid);
     check(refers(atomic_load(&raw_area)->rseq_cs, raw_page, pagesz), "its rseq_cs refers to the page");
     free_range(raw_page, pagesz, "page");
-    __atomic_store_n(&raw_wake, 1, __ATOMIC_SEQ_CST);
-    syscall(SYS_futex, &raw_wake, FUTEX_WAKE, 1, NULL, NULL, 0);
-    double t0 = now_ms();
-    while (raw_ctid != 0) {
-        if (now_ms() - t0 > 5000)
-            fail("the raw thread did not exit (state %d)", atomic_load(&raw_state));
-        sleep_ms(1);
-    }
+    raw_wake_and_wait();
     check(atomic_load(&raw_state) == 3, "woken, the raw thread returned to user space and exited");
     printf("survived\n");
 }
@@ -1527,6 +1523,34 @@ static void sc_exitcancel(const char *how_arg)
 
 /* ------------------------------------------------------------------------ main */
 
+/* SCENARIO -> its function: run() takes nothing; run_arg() takes ARG (NULL when absent,
+ * unless arg_required: then a run without ARG is an unknown scenario). */
+struct scenario {
+    const char *name;
+    void (*run)(void);
+    void (*run_arg)(const char *arg);
+    int arg_required;
+};
+
+static const struct scenario scenarios[] = {
+    {"concurrent", sc_concurrent, NULL, 0},
+    {"exiting", sc_exiting, NULL, 0},
+    {"exiting-churn", sc_exiting_churn, NULL, 0},
+    {"fork", sc_fork, NULL, 0},
+    {"sighandler", sc_sighandler, NULL, 0},
+    {"sighandler-timer", sc_sighandler_timer, NULL, 0},
+    {"malloclock", sc_malloclock, NULL, 0},
+    {"badinput", sc_badinput, NULL, 0},
+    {"unreachable", sc_unreachable, NULL, 0},
+    {"rawmask", sc_rawmask, NULL, 0},
+    {"rawunknown", sc_rawunknown, NULL, 0},
+    {"mixed", NULL, sc_mixed, 1},
+    {"sigmask", NULL, sc_sigmask, 0},
+    {"signal-fn", sc_signal_fn, NULL, 0},
+    {"clearall", sc_clearall, NULL, 0},
+    {"exitcancel", NULL, sc_exitcancel, 0},
+};
+
 int main(int argc, char **argv)
 {
     crash_setup();
@@ -1540,42 +1564,17 @@ int main(int argc, char **argv)
     printf("%s %s: rseqrt_owner=%d signal=%d main cpu_id=%d\n", argv[1], argv[2], rseqrt_owner(), rseqrt_signal(),
            (int32_t)rseq_cs_area()->cpu_id);
     const char *arg = argc > 3 ? argv[3] : NULL;
-    if (!strcmp(scenario, "concurrent"))
-        sc_concurrent();
-    else if (!strcmp(scenario, "exiting"))
-        sc_exiting();
-    else if (!strcmp(scenario, "exiting-churn"))
-        sc_exiting_churn();
-    else if (!strcmp(scenario, "fork"))
-        sc_fork();
-    else if (!strcmp(scenario, "sighandler"))
-        sc_sighandler();
-    else if (!strcmp(scenario, "sighandler-timer"))
-        sc_sighandler_timer();
-    else if (!strcmp(scenario, "malloclock"))
-        sc_malloclock();
-    else if (!strcmp(scenario, "badinput"))
-        sc_badinput();
-    else if (!strcmp(scenario, "unreachable"))
-        sc_unreachable();
-    else if (!strcmp(scenario, "rawmask"))
-        sc_rawmask();
-    else if (!strcmp(scenario, "rawunknown"))
-        sc_rawunknown();
-    else if (!strcmp(scenario, "mixed") && arg)
-        sc_mixed(arg);
-    else if (!strcmp(scenario, "sigmask"))
-        sc_sigmask(arg);
-    else if (!strcmp(scenario, "signal-fn"))
-        sc_signal_fn();
-    else if (!strcmp(scenario, "clearall"))
-        sc_clearall();
-    else if (!strcmp(scenario, "exitcancel"))
-        sc_exitcancel(arg);
-    else {
-        fprintf(stderr, "unknown scenario %s\n", scenario);
-        return 2;
+    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
+        const struct scenario *sc = &scenarios[i];
+        if (strcmp(scenario, sc->name) || (sc->arg_required && !arg))
+            continue;
+        if (sc->run)
+            sc->run();
+        else
+            sc->run_arg(arg);
+        fflush(stdout);
+        return 0;
     }
-    fflush(stdout);
-    return 0;
+    fprintf(stderr, "unknown scenario %s\n", scenario);
+    return 2;
 }

@@ -44,15 +44,6 @@ static void *stale(void *arg)
     return NULL;
 }
 
-static const char *provider(const char *name)
-{
-    Dl_info info;
-    void *f = dlsym(RTLD_DEFAULT, name);
-    if (!f || !dladdr(f, &info) || !info.dli_fname)
-        return "?";
-    return info.dli_fname;
-}
-
 int main(int argc, char **argv)
 {
     crash_setup();
@@ -62,8 +53,8 @@ int main(int argc, char **argv)
     int preload = !strcmp(argv[2], "preload");
     size_t ps = (size_t)sysconf(_SC_PAGESIZE);
     const char *fn = !strncmp(op, "mremap", 6) ? "mremap" : "mmap";
-    printf("%s %s: %s is provided by %s\n", op, argv[2], fn, provider(fn));
-    if (preload && !strstr(provider(fn), "rseqrt")) {
+    printf("%s %s: %s is provided by %s\n", op, argv[2], fn, crash_provider(fn));
+    if (preload && !strstr(crash_provider(fn), "rseqrt")) {
         printf("preload not in effect\n");
         return 8;
     }

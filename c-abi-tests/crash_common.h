@@ -9,14 +9,20 @@
  * default action (the harness expects exactly that), for anything else it exits
  * with CRASH_EXIT_REAL_FAULT so the harness does not mistake it for the kernel's
  * kill. (When the kernel cannot run the handler, e.g. the thread blocks SIGSEGV,
- * it kills the process with SIGSEGV directly.) */
+ * it kills the process with SIGSEGV directly.)
+ *
+ * Also shared by the crash_*.c and barrier_*.c programs (which define _GNU_SOURCE):
+ * crash_provider() names the object a symbol resolves to (is the call interposed?);
+ * crash_start_timer_thread() starts glibc's SIGEV_THREAD helper thread. */
 #ifndef CRASH_COMMON_H
 #define CRASH_COMMON_H
 
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CRASH_EXIT_REAL_FAULT 10
@@ -53,6 +59,33 @@ static void crash_setup(void)
     sa.sa_sigaction = crash_segv_reporter;
     sa.sa_flags = SA_SIGINFO | SA_RESETHAND;
     sigaction(SIGSEGV, &sa, NULL);
+}
+
+/* The file name of the loaded object that provides NAME, as the dynamic linker resolves
+ * it from the program ("?" when nothing does). */
+static inline const char *crash_provider(const char *name)
+{
+    Dl_info info;
+    void *f = dlsym(RTLD_DEFAULT, name);
+    if (!f || !dladdr(f, &info) || !info.dli_fname)
+        return "?";
+    return info.dli_fname;
+}
+
+/* Starts a one-shot SIGEV_THREAD timer that calls CB in glibc's helper thread 1 ms from
+ * now. Returns NULL, or the name of the call that failed (errno says why). */
+static inline const char *crash_start_timer_thread(void (*cb)(union sigval), timer_t *timer)
+{
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD;
+    sev.sigev_notify_function = cb;
+    if (timer_create(CLOCK_MONOTONIC, &sev, timer) != 0)
+        return "timer_create";
+    struct itimerspec its = {{0, 0}, {0, 1000000}};
+    if (timer_settime(*timer, 0, &its, NULL) != 0)
+        return "timer_settime";
+    return NULL;
 }
 
 #endif

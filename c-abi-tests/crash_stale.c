@@ -240,21 +240,12 @@ static void prepare(const char *dir)
     }
 }
 
-static const char *provider(const char *name)
-{
-    Dl_info info;
-    void *f = dlsym(RTLD_DEFAULT, name);
-    if (!f || !dladdr(f, &info) || !info.dli_fname)
-        return "?";
-    return info.dli_fname;
-}
-
 static void free_memory(void)
 {
     int rc = 0;
     const char *what = kind == K_DLCLOSE || kind == K_DLCLOSE_DEP ? "dlclose" : "munmap";
-    if (method == M_PRELOAD && !strstr(provider(what), "rseqrt"))
-        die(8, "preload: %s is provided by %s, not by an rseqrt object", what, provider(what));
+    if (method == M_PRELOAD && !strstr(crash_provider(what), "rseqrt"))
+        die(8, "preload: %s is provided by %s, not by an rseqrt object", what, crash_provider(what));
     if (method == M_RSEQRT) {
 #ifdef WITH_RSEQRT
         if (handle)
@@ -318,16 +309,10 @@ int main(int argc, char **argv)
 
     pthread_t tid;
     timer_t timer;
+    const char *failed;
     if (thr == T_TIMER) {
-        struct sigevent sev;
-        memset(&sev, 0, sizeof sev);
-        sev.sigev_notify = SIGEV_THREAD;
-        sev.sigev_notify_function = timer_cb;
-        if (timer_create(CLOCK_MONOTONIC, &sev, &timer) != 0)
-            die(2, "timer_create: %s", strerror(errno));
-        struct itimerspec its = {{0, 0}, {0, 1000000}};
-        if (timer_settime(timer, 0, &its, NULL) != 0)
-            die(2, "timer_settime: %s", strerror(errno));
+        if ((failed = crash_start_timer_thread(timer_cb, &timer)))
+            die(2, "%s: %s", failed, strerror(errno));
     } else if ((errno = pthread_create(&tid, NULL, thread_main, NULL)) != 0) {
         die(2, "pthread_create: %s", strerror(errno));
     }

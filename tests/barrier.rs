@@ -2,8 +2,8 @@
 //! in the hard cases", and the guarantees around it).
 //!
 //! Each scenario is a C program run in its own child process (`c-abi-tests/barrier_cases.c`,
-//! `barrier_preload.c`, under `barrier_nomembarrier_exec.c` for the runs without membarrier),
-//! in both owner modes: glibc registers (`glibc-owner`) and `GLIBC_TUNABLES=glibc.pthread.rseq=0`
+//! `barrier_preload.c`, under `seccomp_exec.c membarrier ENOSYS|EPERM` for the runs without
+//! membarrier), in both owner modes: glibc registers (`glibc-owner`) and `GLIBC_TUNABLES=glibc.pthread.rseq=0`
 //! (rseqrt registers, `rseq=0`). Where it makes sense the scenario first runs with the plain
 //! call and no barrier (`plain`), which the kernel must kill with SIGSEGV: that shows the
 //! scenario really leaves a stale `rseq_cs` behind, so the `rseqrt` row can fail.
@@ -14,16 +14,16 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{c_test_source, compile, run, stage, CompileSpec, RunResult, Stage};
+use support::scenario::{finish, Expect, Mode, Scenario, MODES};
+use support::{c_test_source, compile, seccomp_exec, stage, CompileSpec, Stage};
 
-const TUNABLE_OFF: &str = "glibc.pthread.rseq=0";
-const SIGSEGV: i32 = 11;
-const EXIT_INCONCLUSIVE: i32 = 9;
 const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
+/// Runs in all while a program reports exit 9 (inconclusive).
+const ATTEMPTS: usize = 3;
 
 /// One child at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -32,7 +32,7 @@ struct Programs {
     stage: &'static Stage,
     cases: PathBuf,
     preload_prog: PathBuf,
-    nomembarrier: PathBuf,
+    seccomp: PathBuf,
     plugin: PathBuf,
 }
 
@@ -51,226 +51,83 @@ fn programs() -> &'static Programs {
         let preload_prog = compile(
             &CompileSpec::new("barrier_preload", &[src("barrier_preload.c")]).libs(&["-pthread", "-ldl"]),
         );
-        let nomembarrier = compile(&CompileSpec::new(
-            "barrier_nomembarrier_exec",
-            &[src("barrier_nomembarrier_exec.c")],
-        ));
         let plugin = compile(
             &CompileSpec::new("barrier_plugin_counter.so", &[src("plugin_counter.c")])
                 .cflags(&["-fPIC", "-shared"]),
         );
-        Programs { stage, cases, preload_prog, nomembarrier, plugin }
+        Programs { stage, cases, preload_prog, seccomp: seccomp_exec(), plugin }
     })
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Glibc,
-    Own,
+/// A scenario run in `mode` with the staged library on LD_LIBRARY_PATH.
+fn scenario<'a, S: AsRef<str>>(name: String, program: &'a Path, args: &[S], mode: Mode, expect: Expect) -> Scenario<'a> {
+    Scenario::new(name, program, args, mode, expect)
+        .env("LD_LIBRARY_PATH", &programs().stage.lib_dir.display().to_string())
+        .attempts(ATTEMPTS)
+        .timeout(CHILD_TIMEOUT)
 }
 
-const MODES: [Mode; 2] = [Mode::Glibc, Mode::Own];
+/// Runs one scenario (one child at a time), returns a failure message.
+fn go(s: Scenario) -> Option<String> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    s.go()
+}
 
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Glibc => "glibc-owner",
-            Mode::Own => "rseq=0",
-        }
+/// A `barrier_cases` scenario, run in both owner modes.
+struct Case {
+    scenario: &'static str,
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    /// Whether the plain row (must crash) runs before the rseqrt row (must survive).
+    plain: bool,
+}
+
+/// The plain row and the rseqrt row.
+fn both(scenario: &'static str) -> Case {
+    Case { scenario, args: &[], env: &[], plain: true }
+}
+
+/// The rseqrt row only.
+fn rseqrt(scenario: &'static str) -> Case {
+    Case { scenario, args: &[], env: &[], plain: false }
+}
+
+impl Case {
+    fn args(self, args: &'static [&'static str]) -> Self {
+        Case { args, ..self }
     }
-    fn owner(self) -> i32 {
-        match self {
-            Mode::Glibc => 1,
-            Mode::Own => 2,
-        }
+    fn env(self, env: &'static [(&'static str, &'static str)]) -> Self {
+        Case { env, ..self }
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Expect {
-    Segv,
-    Exit(i32),
-}
-
-fn outcome(res: &RunResult) -> String {
-    match res.signal() {
-        Some(SIGSEGV) => "SIGSEGV".into(),
-        Some(s) => format!("signal {s}"),
-        None => format!("exit {}", res.status.code().unwrap_or(-1)),
-    }
-}
-
-fn matches(res: &RunResult, expect: Expect) -> bool {
-    !res.timed_out
-        && match expect {
-            Expect::Segv => res.signal() == Some(SIGSEGV),
-            Expect::Exit(c) => res.signal().is_none() && res.status.code() == Some(c),
-        }
-}
-
-/// A scenario run: program, arguments, environment on top of the mode's, expectation, and
-/// extra checks on a run that met the expectation.
-struct Run<'a> {
-    name: String,
-    program: &'a std::path::Path,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    expect: Expect,
-    /// `rseqrt_owner=N` the program must print (barrier_cases prints it first).
-    owner: Option<i32>,
-    /// Lines of the child's stdout starting with this prefix are echoed after the result line.
-    echo: Option<&'static str>,
-    check: Option<Box<dyn Fn(&RunResult) -> Option<String> + 'a>>,
-}
-
-impl<'a> Run<'a> {
-    fn new(name: String, program: &'a std::path::Path, args: &[&str], mode: Mode, expect: Expect) -> Self {
-        let mut env = vec![("LD_LIBRARY_PATH".to_string(), programs().stage.lib_dir.display().to_string())];
-        if mode == Mode::Own {
-            env.push(("GLIBC_TUNABLES".into(), TUNABLE_OFF.into()));
-        }
-        Run {
-            name,
-            program,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            env,
-            expect,
-            owner: None,
-            echo: None,
-            check: None,
-        }
-    }
-    fn env(mut self, k: &str, v: &str) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-    fn owner(mut self, o: i32) -> Self {
-        self.owner = Some(o);
-        self
-    }
-    fn echo(mut self, prefix: &'static str) -> Self {
-        self.echo = Some(prefix);
-        self
-    }
-    fn check(mut self, f: impl Fn(&RunResult) -> Option<String> + 'a) -> Self {
-        self.check = Some(Box::new(f));
-        self
-    }
-
-    /// Runs (again, up to 3 times, when the program says the run could not show anything:
-    /// exit 9), prints one line, returns a failure message.
-    fn go(&self) -> Option<String> {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let args: Vec<&str> = self.args.iter().map(|s| s.as_str()).collect();
-        let start = Instant::now();
-        let mut attempt = 0;
-        let res = loop {
-            attempt += 1;
-            let res = run(self.program, &args, &env, CHILD_TIMEOUT);
-            if attempt < 3 && !res.timed_out && res.status.code() == Some(EXIT_INCONCLUSIVE) {
-                continue;
-            }
-            break res;
+/// Runs the cases (each in both owner modes; the rseqrt row must report the mode's owner)
+/// and fails the test if any of them failed.
+fn run_cases(what: &str, cases: &[Case]) {
+    let p = programs();
+    let mut failures = Vec::new();
+    for case in cases {
+        let label: String = case.args.iter().map(|a| format!(" {a}")).collect();
+        let envs: String = case.env.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        let methods: &[(&str, Expect)] = if case.plain {
+            &[("plain", Expect::Segv), ("rseqrt", Expect::Exit(0))]
+        } else {
+            &[("rseqrt", Expect::Exit(0))]
         };
-        let ms = start.elapsed().as_millis();
-        let got = outcome(&res);
-        let mut problem = None;
-        if res.timed_out {
-            problem = Some(format!("timed out after {CHILD_TIMEOUT:?} (deadlock?)"));
-        } else if !matches(&res, self.expect) {
-            let want = match self.expect {
-                Expect::Segv => "SIGSEGV (the kernel's kill for a stale rseq_cs)".to_string(),
-                Expect::Exit(c) => format!("exit {c}"),
-            };
-            let fail_line = res
-                .stdout
-                .lines()
-                .find(|l| l.starts_with("FAIL") || l.contains("panicked") || l.starts_with("SIGSEGV"))
-                .or_else(|| res.stderr.lines().find(|l| l.contains("panic")))
-                .map(|l| format!(" [{l}]"))
-                .unwrap_or_default();
-            problem = Some(format!("expected {want}, got {got}{fail_line}"));
-        } else if let Some(want) = self.owner {
-            let seen = res
-                .stdout
-                .split("rseqrt_owner=")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse::<i32>().ok());
-            if seen != Some(want) {
-                problem = Some(format!("expected rseqrt_owner={want}, the program reported {seen:?}"));
+        for mode in MODES {
+            for &(method, expect) in methods {
+                let mut args = vec![case.scenario, method];
+                args.extend_from_slice(case.args);
+                let name = format!("{}{label}{envs} {method} [{}]", case.scenario, mode.name());
+                let mut r = scenario(name, &p.cases, &args, mode, expect).envs(case.env);
+                if method == "rseqrt" {
+                    r = r.owner(mode.owner()).echo("observed");
+                }
+                failures.extend(go(r));
             }
-        }
-        if problem.is_none() {
-            if let Some(check) = &self.check {
-                problem = check(&res);
-            }
-        }
-        let retry = if attempt > 1 { format!(", attempt {attempt}") } else { String::new() };
-        match &problem {
-            None => println!("ok    {}: {got} ({ms} ms{retry})", self.name),
-            Some(why) => println!("FAIL  {}: {why} ({ms} ms{retry})", self.name),
-        }
-        if let Some(prefix) = self.echo {
-            for l in res.stdout.lines().filter(|l| l.starts_with(prefix)) {
-                println!("        {l}");
-            }
-        }
-        problem.map(|why| format!("{}: {why}\n{res}", self.name))
-    }
-}
-
-fn finish(what: &str, failures: Vec<String>) {
-    assert!(
-        failures.is_empty(),
-        "{what}: {} scenario(s) failed:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
-}
-
-/// The plain row (must crash) and the rseqrt row (must survive) of a barrier_cases scenario
-/// in both owner modes, plus any extra environment.
-fn plain_and_rseqrt(scenario: &str, extra_args: &[&str], env: &[(&str, &str)], failures: &mut Vec<String>) {
-    let p = programs();
-    for mode in MODES {
-        for (method, expect) in [("plain", Expect::Segv), ("rseqrt", Expect::Exit(0))] {
-            let mut args = vec![scenario, method];
-            args.extend_from_slice(extra_args);
-            let mut r = Run::new(format!("{scenario} {method} [{}]", mode.name()), &p.cases, &args, mode, expect);
-            for (k, v) in env {
-                r = r.env(k, v);
-            }
-            if method == "rseqrt" {
-                r = r.owner(mode.owner()).echo("observed");
-            }
-            failures.extend(r.go());
         }
     }
-}
-
-fn rseqrt_only(scenario: &str, extra_args: &[&str], env: &[(&str, &str)], failures: &mut Vec<String>) {
-    let p = programs();
-    for mode in MODES {
-        let mut args = vec![scenario, "rseqrt"];
-        args.extend_from_slice(extra_args);
-        let label = if extra_args.is_empty() { String::new() } else { format!(" {}", extra_args.join(" ")) };
-        let envs: String = env.iter().map(|(k, v)| format!(" {k}={v}")).collect();
-        let mut r = Run::new(
-            format!("{scenario}{label}{envs} [{}]", mode.name()),
-            &p.cases,
-            &args,
-            mode,
-            Expect::Exit(0),
-        )
-        .owner(mode.owner())
-        .echo("observed");
-        for (k, v) in env {
-            r = r.env(k, v);
-        }
-        failures.extend(r.go());
-    }
+    finish(what, failures);
 }
 
 /// 1. Several threads run rseqrt_munmap/rseqrt_clear/rseqrt_clear_all on different ranges
@@ -278,9 +135,7 @@ fn rseqrt_only(scenario: &str, extra_args: &[&str], env: &[(&str, &str)], failur
 /// returns 0 and no stale thread's rseq_cs refers to a freed page afterwards.
 #[test]
 fn concurrent_barriers() {
-    let mut f = Vec::new();
-    plain_and_rseqrt("concurrent", &[], &[], &mut f);
-    finish("concurrent barriers", f);
+    run_cases("concurrent barriers", &[both("concurrent")]);
 }
 
 /// 2. Threads exit while a barrier runs: 8 threads with stale pointers exit while the
@@ -289,10 +144,7 @@ fn concurrent_barriers() {
 /// back to back. No crash, no deadlock, every barrier returns 0.
 #[test]
 fn threads_exiting_during_a_barrier() {
-    let mut f = Vec::new();
-    plain_and_rseqrt("exiting", &[], &[], &mut f);
-    rseqrt_only("exiting-churn", &[], &[], &mut f);
-    finish("threads exiting during a barrier", f);
+    run_cases("threads exiting during a barrier", &[both("exiting"), rseqrt("exiting-churn")]);
 }
 
 /// 3. One thread forks 20 times while another runs barriers continuously (over a thread
@@ -301,9 +153,7 @@ fn threads_exiting_during_a_barrier() {
 /// stale thread of its own, and exits 0. Plain: the child's munmap kills the child.
 #[test]
 fn fork_during_a_barrier() {
-    let mut f = Vec::new();
-    plain_and_rseqrt("fork", &[], &[], &mut f);
-    finish("fork during a barrier", f);
+    run_cases("fork during a barrier", &[both("fork")]);
 }
 
 /// 4. A SIGUSR1 handler calls rseqrt_clear(RSEQRT_CLEAR_SIGNAL_SAFE): 0 when every thread is
@@ -312,10 +162,7 @@ fn fork_during_a_barrier() {
 /// clears.
 #[test]
 fn barrier_from_a_signal_handler() {
-    let mut f = Vec::new();
-    plain_and_rseqrt("sighandler", &[], &[], &mut f);
-    plain_and_rseqrt("sighandler-timer", &[], &[], &mut f);
-    finish("barrier from a signal handler", f);
+    run_cases("barrier from a signal handler", &[both("sighandler"), both("sighandler-timer")]);
 }
 
 /// 5. The thread calling rseqrt_munmap holds a mutex standing for malloc's lock, three stale
@@ -324,9 +171,7 @@ fn barrier_from_a_signal_handler() {
 /// memalign interposers count zero calls during rseqrt_munmap (they count 3 of 3 on a probe).
 #[test]
 fn munmap_under_an_allocators_lock() {
-    let mut f = Vec::new();
-    plain_and_rseqrt("malloclock", &[], &[], &mut f);
-    finish("munmap under an allocator's lock", f);
+    run_cases("munmap under an allocator's lock", &[both("malloclock")]);
 }
 
 /// 6. Bad input: rseqrt_munmap gives munmap's -1 EINVAL (unaligned, length 0, overflow,
@@ -334,9 +179,7 @@ fn munmap_under_an_allocators_lock() {
 /// rseqrt_dlclose(bogus handle) returns what dlclose returns, with the same dlerror().
 #[test]
 fn bad_input_loses_nothing() {
-    let mut f = Vec::new();
-    rseqrt_only("badinput", &[], &[], &mut f);
-    finish("bad input", f);
+    run_cases("bad input", &[rseqrt("badinput")]);
 }
 
 /// 7. A failed barrier frees nothing. The unreachable thread is a raw clone() thread (not in
@@ -348,12 +191,15 @@ fn bad_input_loses_nothing() {
 /// broadcast after 20 ms).
 #[test]
 fn failed_barrier_frees_nothing() {
-    let mut f = Vec::new();
-    plain_and_rseqrt("unreachable", &[], &[("RSEQRT_TIMEOUT_MS", "200")], &mut f);
-    plain_and_rseqrt("rawmask", &[], &[], &mut f);
-    // A raw clone() thread unknown to both rseqrt and glibc is found and signalled.
-    plain_and_rseqrt("rawunknown", &[], &[], &mut f);
-    finish("failed barrier", f);
+    run_cases(
+        "failed barrier",
+        &[
+            both("unreachable").env(&[("RSEQRT_TIMEOUT_MS", "200")]),
+            both("rawmask"),
+            // A raw clone() thread unknown to both rseqrt and glibc is found and signalled.
+            both("rawunknown"),
+        ],
+    );
 }
 
 /// 8. No membarrier: blocked, signal-blocking and spinning stale threads (descriptor in a
@@ -366,22 +212,26 @@ fn no_membarrier() {
     let cases = p.cases.display().to_string();
     let mut f = Vec::new();
     for mode in MODES {
-        let r = Run::new(
+        f.extend(go(scenario(
             format!("mixed plain, membarrier ENOSYS [{}]", mode.name()),
-            &p.nomembarrier,
-            &["ENOSYS", &cases, "mixed", "plain", &plugin],
+            &p.seccomp,
+            &["membarrier", "ENOSYS", &cases, "mixed", "plain", &plugin],
             mode,
             Expect::Segv,
-        );
-        f.extend(r.go());
-        let r = Run::new(format!("mixed rseqrt, membarrier available [{}]", mode.name()), &p.cases, &["mixed", "rseqrt", &plugin], mode, Expect::Exit(0))
-            .owner(mode.owner());
-        f.extend(r.go());
+        )));
+        f.extend(go(scenario(
+            format!("mixed rseqrt, membarrier available [{}]", mode.name()),
+            &p.cases,
+            &["mixed", "rseqrt", &plugin],
+            mode,
+            Expect::Exit(0),
+        )
+        .owner(mode.owner())));
         for (errno, text) in [("ENOSYS", "errno 38"), ("EPERM", "errno 1")] {
-            let r = Run::new(
+            let r = scenario(
                 format!("mixed rseqrt, membarrier {errno} [{}]", mode.name()),
-                &p.nomembarrier,
-                &[errno, &cases, "mixed", "rseqrt", &plugin],
+                &p.seccomp,
+                &["membarrier", errno, &cases, "mixed", "rseqrt", &plugin],
                 mode,
                 Expect::Exit(0),
             )
@@ -390,7 +240,7 @@ fn no_membarrier() {
                 let want = format!("membarrier(QUERY) = -1, {text}");
                 (!res.stdout.contains(&want)).then(|| format!("the child did not see membarrier refused ({want})"))
             });
-            f.extend(r.go());
+            f.extend(go(r));
         }
     }
     finish("no membarrier", f);
@@ -403,12 +253,15 @@ fn no_membarrier() {
 /// Also prints what glibc's signal() does to the reserved signal (an observation).
 #[test]
 fn signal_interposers() {
-    let mut f = Vec::new();
-    plain_and_rseqrt("sigmask", &["auto"], &[], &mut f);
-    rseqrt_only("sigmask", &["40"], &[("RSEQRT_SIGNAL", "40")], &mut f);
-    rseqrt_only("sigmask", &["36"], &[("RSEQRT_SIGNAL", "36")], &mut f);
-    rseqrt_only("signal-fn", &[], &[], &mut f);
-    finish("signal interposers", f);
+    run_cases(
+        "signal interposers",
+        &[
+            both("sigmask").args(&["auto"]),
+            rseqrt("sigmask").args(&["40"]).env(&[("RSEQRT_SIGNAL", "40")]),
+            rseqrt("sigmask").args(&["36"]).env(&[("RSEQRT_SIGNAL", "36")]),
+            rseqrt("signal-fn"),
+        ],
+    );
 }
 
 /// 10. The preload shim: mremap that moves (MREMAP_FIXED, or MAYMOVE growth that cannot
@@ -424,15 +277,15 @@ fn preload_mremap_and_mmap_fixed() {
         for mode in MODES {
             // Plain: glibc's own registration; under rseq=0 nothing registers without rseqrt,
             // so the baseline preloads librseqrt.so, which interposes neither call.
-            let mut plain = Run::new(format!("{op} plain [{}]", mode.name()), &p.preload_prog, &[op, "plain"], mode, Expect::Segv);
+            let mut plain = scenario(format!("{op} plain [{}]", mode.name()), &p.preload_prog, &[op, "plain"], mode, Expect::Segv);
             if mode == Mode::Own {
                 plain.name = format!("{op} plain+librseqrt [{}]", mode.name());
                 plain = plain.env("LD_PRELOAD", &lib);
             }
-            f.extend(plain.go());
-            let r = Run::new(format!("{op} preload [{}]", mode.name()), &p.preload_prog, &[op, "preload"], mode, Expect::Exit(0))
+            f.extend(go(plain));
+            let r = scenario(format!("{op} preload [{}]", mode.name()), &p.preload_prog, &[op, "preload"], mode, Expect::Exit(0))
                 .env("LD_PRELOAD", &preload);
-            f.extend(r.go());
+            f.extend(go(r));
         }
     }
     finish("preload mremap/mmap", f);
@@ -443,9 +296,7 @@ fn preload_mremap_and_mmap_fixed() {
 /// plain munmap of the memory their descriptors were in is safe (without it: SIGSEGV).
 #[test]
 fn clear_all_then_plain_munmap() {
-    let mut f = Vec::new();
-    plain_and_rseqrt("clearall", &[], &[], &mut f);
-    finish("clear_all", f);
+    run_cases("clear_all", &[both("clearall")]);
 }
 
 /// 12. Threads started through rseqrt's pthread_create trampoline that end by returning,
@@ -455,9 +306,13 @@ fn clear_all_then_plain_munmap() {
 /// new threads in reused slots) succeed without touching the dead threads' areas.
 #[test]
 fn pthread_exit_and_cancel_through_the_trampoline() {
-    let mut f = Vec::new();
-    for how in ["return", "exit", "cancel", "async"] {
-        rseqrt_only("exitcancel", &[how], &[], &mut f);
-    }
-    finish("pthread_exit / pthread_cancel", f);
+    run_cases(
+        "pthread_exit / pthread_cancel",
+        &[
+            rseqrt("exitcancel").args(&["return"]),
+            rseqrt("exitcancel").args(&["exit"]),
+            rseqrt("exitcancel").args(&["cancel"]),
+            rseqrt("exitcancel").args(&["async"]),
+        ],
+    );
 }

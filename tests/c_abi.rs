@@ -5,7 +5,7 @@
 //!
 //!   {plain glibc, plain + LD_PRELOAD=librseqrt.so, linked with rseqrt}
 //! x {default, GLIBC_TUNABLES=glibc.pthread.rseq=0}
-//! x {normal, under norseq_exec (seccomp: rseq answers ENOSYS)}
+//! x {normal, under `seccomp_exec rseq ENOSYS` (seccomp: rseq answers ENOSYS)}
 //!
 //! The plain-glibc rows are the reference: they need no rseqrt at all and
 //! show what glibc itself does; the rseqrt rows must match the contract.
@@ -14,7 +14,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
-use support::{compile, has_copy_reloc, run, stage, CompileSpec};
+use support::{compile, has_copy_reloc, run, seccomp_exec, stage, CompileSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 const WARNINGS: &[&str] = &["-Wall", "-Wextra", "-Werror"];
@@ -29,12 +29,8 @@ enum Build {
     Linked,
 }
 
-fn norseq_exec() -> PathBuf {
-    compile(
-        &CompileSpec::new("norseq_exec", &[support::c_test_source("norseq_exec.c")])
-            .cflags(WARNINGS),
-    )
-}
+/// `seccomp_exec rseq ENOSYS`: the arguments that run a program on a "kernel without rseq".
+const NO_RSEQ: [&str; 2] = ["rseq", "ENOSYS"];
 
 fn registration_program(build: Build) -> PathBuf {
     let src = [support::c_test_source("abi_registration.c")];
@@ -76,7 +72,7 @@ fn scenario(build: Build, tunable_off: bool, seccomp: bool) {
             "default tunables"
         },
         if seccomp {
-            "under norseq_exec (seccomp)"
+            "under seccomp_exec rseq ENOSYS"
         } else {
             "normal kernel"
         }
@@ -118,7 +114,7 @@ fn scenario(build: Build, tunable_off: bool, seccomp: bool) {
 
     let program_s = program.display().to_string();
     let result = if seccomp {
-        run(&norseq_exec(), &[&program_s], &env, TIMEOUT)
+        run(&seccomp_exec(), &[NO_RSEQ[0], NO_RSEQ[1], &program_s], &env, TIMEOUT)
     } else {
         run(&program, &[], &env, TIMEOUT)
     };
@@ -154,20 +150,20 @@ scenarios! {
     linked_tunable_off_seccomp: Linked, true, true;
 }
 
-/// The harness's own premise: norseq_exec really takes rseq away. A plain
-/// glibc program that expects registration must fail under it.
+/// The harness's own premise: `seccomp_exec rseq ENOSYS` really takes rseq
+/// away. A plain glibc program that expects registration must fail under it.
 #[test]
-fn norseq_exec_removes_rseq() {
+fn seccomp_exec_removes_rseq() {
     let program = registration_program(Build::Plain).display().to_string();
     let result = run(
-        &norseq_exec(),
-        &[&program],
+        &seccomp_exec(),
+        &[NO_RSEQ[0], NO_RSEQ[1], &program],
         &[("RSEQRT_EXPECT", "registered")],
         TIMEOUT,
     );
     assert!(
         !result.success() && result.stdout.contains("FAIL __rseq_size 0 >= 20"),
-        "expected a registration failure under norseq_exec\n{result}"
+        "expected a registration failure under seccomp_exec rseq ENOSYS\n{result}"
     );
 }
 

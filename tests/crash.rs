@@ -29,18 +29,15 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::sync::{OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{
-    c_test_source, compile, repo_root, run, stage, tests_build_dir, CompileSpec, RunResult, Stage,
-};
+use support::scenario::{finish, Expect, Mode, Scenario, MODES};
+use support::{c_test_source, compile, repo_root, stage, tests_build_dir, CompileSpec, Stage};
 
 const THREADS: [&str; 4] = ["read", "spin", "sigblock", "timer"];
-const TUNABLE_OFF: &str = "glibc.pthread.rseq=0";
-const SIGSEGV: i32 = 11;
-/// crash_stale's exit codes.
+/// crash_stale's exit status when the stale thread has no registered rseq area.
 const EXIT_UNREGISTERED: i32 = 3;
-const EXIT_INCONCLUSIVE: i32 = 9;
+/// Runs in all while crash_stale reports exit 9 (inconclusive).
 const ATTEMPTS: usize = 5;
 const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -128,38 +125,6 @@ fn programs() -> &'static Programs {
     })
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    /// glibc registers every thread; rseqrt adopts glibc's areas.
-    Glibc,
-    /// `GLIBC_TUNABLES=glibc.pthread.rseq=0`: rseqrt registers its own areas.
-    Own,
-}
-
-impl Mode {
-    fn name(self) -> &'static str {
-        match self {
-            Mode::Glibc => "glibc-owner",
-            Mode::Own => "rseq=0",
-        }
-    }
-    fn expected_owner(self) -> i32 {
-        match self {
-            Mode::Glibc => 1,
-            Mode::Own => 2,
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Expect {
-    /// Killed by SIGSEGV.
-    Segv,
-    /// Killed by another signal (never expected).
-    Signal(i32),
-    Exit(i32),
-}
-
 /// One way of running a scenario: which binary, which method argument, which
 /// preloaded object, and the outcome that must follow.
 struct Row {
@@ -232,95 +197,26 @@ fn rows(p: &Programs, mode: Mode) -> (Vec<Row>, Vec<&'static str>) {
     (rows, skipped)
 }
 
-fn env_for(mode: Mode, preload: Option<&Path>, lib: Option<&LibPrograms>) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    if mode == Mode::Own {
-        env.push(("GLIBC_TUNABLES".to_string(), TUNABLE_OFF.to_string()));
-    }
-    if let Some(pre) = preload {
-        env.push(("LD_PRELOAD".to_string(), pre.display().to_string()));
-    }
-    if let Some(lib) = lib {
-        env.push((
-            "LD_LIBRARY_PATH".to_string(),
-            lib.stage.lib_dir.display().to_string(),
-        ));
-    }
-    env
-}
-
-fn outcome(res: &RunResult) -> Expect {
-    match res.signal() {
-        Some(SIGSEGV) => Expect::Segv,
-        Some(sig) => Expect::Signal(sig),
-        None => Expect::Exit(res.status.code().unwrap_or(-1)),
-    }
-}
-
-/// The `rseqrt_owner=N` the program printed (-1: rseqrt not loaded).
-fn reported_owner(out: &str) -> Option<i32> {
-    let rest = out.split("rseqrt_owner=").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// Runs one scenario, again when the program reports that the run could not
-/// show anything (exit 9: the stale pointer was cleared by a preemption before
-/// or during the free). Returns a failure message, or None.
-fn run_scenario(
-    name: &str,
-    program: &Path,
-    args: &[&str],
-    env: &[(String, String)],
+/// A crash_stale or crash_stress run in `mode`, with `preload` preloaded and, once the
+/// library has landed, the staged library on LD_LIBRARY_PATH.
+fn scenario<'a, S: AsRef<str>>(
+    name: String,
+    program: &'a Path,
+    args: &[S],
+    mode: Mode,
+    preload: Option<&Path>,
     expect: Expect,
-    owner: Option<i32>,
-) -> Option<String> {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let start = Instant::now();
-    let mut last = None;
-    for attempt in 1..=ATTEMPTS {
-        let res = run(program, args, &env, CHILD_TIMEOUT);
-        let got = outcome(&res);
-        if !res.timed_out && got == Expect::Exit(EXIT_INCONCLUSIVE) && expect != got {
-            last = Some(res);
-            continue;
-        }
-        let ms = start.elapsed().as_millis();
-        let retry = if attempt > 1 {
-            format!(", attempt {attempt}")
-        } else {
-            String::new()
-        };
-        let mut problem = None;
-        if res.timed_out {
-            problem = Some(format!("timed out after {CHILD_TIMEOUT:?}"));
-        } else if got != expect {
-            problem = Some(format!("expected {expect:?}, got {got:?}"));
-        } else if let Some(want) = owner {
-            match reported_owner(&res.stdout) {
-                Some(o) if o == want => {}
-                o => {
-                    problem = Some(format!(
-                        "expected rseqrt_owner {want}, the program reported {o:?}"
-                    ))
-                }
-            }
-        }
-        return match problem {
-            None => {
-                println!("ok    {name}: {got:?} ({ms} ms{retry})");
-                None
-            }
-            Some(why) => {
-                println!("FAIL  {name}: {why} ({ms} ms{retry})");
-                Some(format!("{name}: {why}\n{res}"))
-            }
-        };
+) -> Scenario<'a> {
+    let mut s = Scenario::new(name, program, args, mode, expect)
+        .attempts(ATTEMPTS)
+        .timeout(CHILD_TIMEOUT);
+    if let Some(pre) = preload {
+        s = s.env("LD_PRELOAD", &pre.display().to_string());
     }
-    let res = last.expect("at least one attempt");
-    println!("FAIL  {name}: inconclusive {ATTEMPTS} times");
-    Some(format!(
-        "{name}: inconclusive in all {ATTEMPTS} attempts (exit 9)\n{res}"
-    ))
+    if let Some(lib) = &programs().lib {
+        s = s.env("LD_LIBRARY_PATH", &lib.stage.lib_dir.display().to_string());
+    }
+    s
 }
 
 fn matrix(kind: &str) {
@@ -328,7 +224,7 @@ fn matrix(kind: &str) {
     let p = programs();
     let dir = p.plugin_dir.display().to_string();
     let mut failures = Vec::new();
-    for mode in [Mode::Glibc, Mode::Own] {
+    for mode in MODES {
         let (rows, skipped) = rows(p, mode);
         for label in skipped {
             println!(
@@ -339,21 +235,16 @@ fn matrix(kind: &str) {
         for thread in THREADS {
             for row in &rows {
                 let name = format!("{kind} {thread} {} [{}]", row.label, mode.name());
-                let env = env_for(mode, row.preload.as_deref(), p.lib.as_ref());
-                let owner = row.check_owner.then(|| mode.expected_owner());
                 let args = [kind, thread, row.method, dir.as_str()];
-                if let Some(f) = run_scenario(&name, &row.program, &args, &env, row.expect, owner) {
-                    failures.push(f);
+                let mut r = scenario(name, &row.program, &args, mode, row.preload.as_deref(), row.expect);
+                if row.check_owner {
+                    r = r.owner(mode.owner());
                 }
+                failures.extend(r.go());
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} scenario(s) failed:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    finish(kind, failures);
 }
 
 #[test]
@@ -405,31 +296,21 @@ fn stress_unload_plugins_under_running_critical_sections() {
         STRESS_ARGS[1],
         STRESS_ARGS[2],
     ];
-    if let Some(f) = run_scenario(
-        "stress plain [glibc-owner]",
-        &p.stress,
-        &plain_args,
-        &[],
-        Expect::Segv,
-        None,
-    ) {
-        failures.push(f);
-    }
+    let baseline = Scenario::new("stress plain [glibc-owner]".into(), &p.stress, &plain_args, Mode::Glibc, Expect::Segv)
+        .attempts(ATTEMPTS)
+        .timeout(CHILD_TIMEOUT);
+    failures.extend(baseline.go());
     let Some(lib) = &p.lib else {
         println!("SKIP  stress rseqrt: the library has not landed (no Makefile)");
-        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        finish("stress", failures);
         return;
     };
-    for mode in [Mode::Glibc, Mode::Own] {
+    let librseqrt = lib.stage.lib("librseqrt.so");
+    for mode in MODES {
         if mode == Mode::Own {
-            let env = env_for(mode, Some(&lib.stage.lib("librseqrt.so")), Some(lib));
             let name = format!("stress plain+librseqrt [{}]", mode.name());
-            if let Some(f) = run_scenario(&name, &p.stress, &plain_args, &env, Expect::Segv, None) {
-                failures.push(f);
-            }
+            failures.extend(scenario(name, &p.stress, &plain_args, mode, Some(&librseqrt), Expect::Segv).go());
         }
-        let env = env_for(mode, None, Some(lib));
-        let envr: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let name = format!("stress rseqrt [{}]", mode.name());
         let args = [
             "rseqrt",
@@ -439,30 +320,15 @@ fn stress_unload_plugins_under_running_critical_sections() {
             STRESS_ARGS[1],
             STRESS_ARGS[2],
         ];
-        let res = run(&lib.stress, &args, &envr, CHILD_TIMEOUT);
-        let unloads = stress_unloads(&res.stdout).unwrap_or(0);
-        let why = if !res.success() {
-            Some("expected exit 0".to_string())
-        } else if unloads < STRESS_MIN_UNLOADS {
-            Some(format!(
-                "only {unloads} unloads (want at least {STRESS_MIN_UNLOADS})"
-            ))
-        } else {
-            None
-        };
-        println!(
-            "{} {name}: {}",
-            if why.is_none() { "ok   " } else { "FAIL " },
-            res.stdout.trim_end()
-        );
-        if let Some(why) = why {
-            failures.push(format!("{name}: {why}\n{res}"));
-        }
+        let r = scenario(name, &lib.stress, &args, mode, None, Expect::Exit(0))
+            .attempts(1)
+            .echo("")
+            .check(|res| {
+                let unloads = stress_unloads(&res.stdout).unwrap_or(0);
+                (unloads < STRESS_MIN_UNLOADS)
+                    .then(|| format!("only {unloads} unloads (want at least {STRESS_MIN_UNLOADS})"))
+            });
+        failures.extend(r.go());
     }
-    assert!(
-        failures.is_empty(),
-        "{} stress run(s) failed:\n\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    finish("stress", failures);
 }

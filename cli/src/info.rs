@@ -196,20 +196,10 @@ fn show(j: &Json) -> String {
 }
 
 pub fn run(args: &[String]) -> i32 {
-    let mut as_json = false;
-    for a in args {
-        match a.as_str() {
-            "--json" => as_json = true,
-            "-h" | "--help" => {
-                print!("{}", crate::HELP_INFO);
-                return 0;
-            }
-            other => {
-                eprintln!("rseqrt info: unknown argument '{other}' (try --help)");
-                return 2;
-            }
-        }
-    }
+    let as_json = match crate::json_flag("info", crate::HELP_INFO, args) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
     let j = collect();
     if as_json {
         print!("{}", j.pretty());

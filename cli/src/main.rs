@@ -73,6 +73,27 @@ Options:
   -h, --help     this text
 ";
 
+/// The options of `rseqrt info` and `rseqrt selftest`: `Ok(true)` with `--json`, `Ok(false)`
+/// without; `Err(status)` when the command is done already (`--help` printed `help`: 0; an
+/// unknown argument: 2, with a message naming `command`).
+pub fn json_flag(command: &str, help: &str, args: &[String]) -> Result<bool, i32> {
+    let mut as_json = false;
+    for a in args {
+        match a.as_str() {
+            "--json" => as_json = true,
+            "-h" | "--help" => {
+                print!("{help}");
+                return Err(0);
+            }
+            other => {
+                eprintln!("rseqrt {command}: unknown argument '{other}' (try --help)");
+                return Err(2);
+            }
+        }
+    }
+    Ok(as_json)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.first().map(String::as_str) {

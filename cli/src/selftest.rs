@@ -307,20 +307,10 @@ fn run_child(exe: &Path, scenario: &str, method: &str, dir: &Path) -> Outcome {
 }
 
 pub fn run(args: &[String]) -> i32 {
-    let mut as_json = false;
-    for a in args {
-        match a.as_str() {
-            "--json" => as_json = true,
-            "-h" | "--help" => {
-                print!("{}", crate::HELP_SELFTEST);
-                return 0;
-            }
-            other => {
-                eprintln!("rseqrt selftest: unknown argument '{other}' (try --help)");
-                return 2;
-            }
-        }
-    }
+    let as_json = match crate::json_flag("selftest", crate::HELP_SELFTEST, args) {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {

@@ -44,50 +44,47 @@ impl P<'_> {
         assert_eq!(self.s.get(self.i), Some(&c), "expected {:?} at {}", c as char, self.i);
         self.i += 1;
     }
+    /// The items of an array or object, from its opening bracket to `close`, each read by `item`
+    /// (which starts at the item and leaves the separator to this).
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self)) {
+        self.i += 1;
+        self.ws();
+        if self.s[self.i] == close {
+            self.i += 1;
+            return;
+        }
+        loop {
+            item(self);
+            self.ws();
+            if self.s[self.i] == b',' {
+                self.i += 1;
+            } else {
+                self.eat(close);
+                return;
+            }
+        }
+    }
+    fn literal(&mut self, word: &str, v: J) -> J {
+        self.i += word.len();
+        v
+    }
     fn value(&mut self) -> J {
         self.ws();
         match self.s[self.i] {
             b'{' => {
-                self.i += 1;
                 let mut m = BTreeMap::new();
-                self.ws();
-                if self.s[self.i] == b'}' {
-                    self.i += 1;
-                    return J::Obj(m);
-                }
-                loop {
-                    self.ws();
-                    let J::Str(k) = self.value() else { panic!("object key must be a string") };
-                    self.eat(b':');
-                    let v = self.value();
+                self.items(b'}', |p| {
+                    let J::Str(k) = p.value() else { panic!("object key must be a string") };
+                    p.eat(b':');
+                    let v = p.value();
                     m.insert(k, v);
-                    self.ws();
-                    if self.s[self.i] == b',' {
-                        self.i += 1;
-                    } else {
-                        self.eat(b'}');
-                        return J::Obj(m);
-                    }
-                }
+                });
+                J::Obj(m)
             }
             b'[' => {
-                self.i += 1;
                 let mut v = Vec::new();
-                self.ws();
-                if self.s[self.i] == b']' {
-                    self.i += 1;
-                    return J::Arr(v);
-                }
-                loop {
-                    v.push(self.value());
-                    self.ws();
-                    if self.s[self.i] == b',' {
-                        self.i += 1;
-                    } else {
-                        self.eat(b']');
-                        return J::Arr(v);
-                    }
-                }
+                self.items(b']', |p| v.push(p.value()));
+                J::Arr(v)
             }
             b'"' => {
                 self.i += 1;
@@ -124,18 +121,9 @@ impl P<'_> {
                     }
                 }
             }
-            b't' => {
-                self.i += 4;
-                J::Bool(true)
-            }
-            b'f' => {
-                self.i += 5;
-                J::Bool(false)
-            }
-            b'n' => {
-                self.i += 4;
-                J::Null
-            }
+            b't' => self.literal("true", J::Bool(true)),
+            b'f' => self.literal("false", J::Bool(false)),
+            b'n' => self.literal("null", J::Null),
             _ => {
                 let start = self.i;
                 while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
@@ -165,17 +153,16 @@ fn info_json_has_the_expected_keys() {
     let (code, out, err) = run(&["info", "--json"]);
     assert_eq!(code, 0, "{err}");
     let j = parse(&out);
-    for k in ["release", "rseq", "at_rseq_feature_size", "at_rseq_align", "feature_size", "node_id", "mm_cid"] {
-        j.get("kernel").get(k);
-    }
-    for k in ["available", "query_mask", "commands", "private_expedited_rseq"] {
-        j.get("membarrier").get(k);
-    }
-    for k in ["name", "version", "rseq_abi", "registers_rseq", "rseq_offset", "rseq_size", "rseq_flags"] {
-        j.get("libc").get(k);
-    }
-    for k in ["owner", "owner_code", "area_length", "reserved_signal", "reserved_signal_name", "current_cpu"] {
-        j.get("rseqrt").get(k);
+    let expected: [(&str, &[&str]); 4] = [
+        ("kernel", &["release", "rseq", "at_rseq_feature_size", "at_rseq_align", "feature_size", "node_id", "mm_cid"]),
+        ("membarrier", &["available", "query_mask", "commands", "private_expedited_rseq"]),
+        ("libc", &["name", "version", "rseq_abi", "registers_rseq", "rseq_offset", "rseq_size", "rseq_flags"]),
+        ("rseqrt", &["owner", "owner_code", "area_length", "reserved_signal", "reserved_signal_name", "current_cpu"]),
+    ];
+    for (section, keys) in expected {
+        for k in keys {
+            j.get(section).get(k);
+        }
     }
     assert!(matches!(j.get("rseqrt").get("owner"), J::Str(s) if ["none", "libc", "self"].contains(&s.as_str())));
     // On glibc 2.35+ with rseq, glibc registers and rseqrt adopts.

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod scenario;
+
 /// The repository root (where the Makefile is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,20 +85,10 @@ pub fn stage() -> &'static Stage {
     static STAGE: OnceLock<Result<Stage, String>> = OnceLock::new();
     let result = STAGE.get_or_init(|| {
         let root = repo_root();
-        let out = Command::new("make")
-            .args(["-s", "stage"])
-            .current_dir(&root)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run make: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`make -s stage` failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        checked_output(
+            Command::new("make").args(["-s", "stage"]).current_dir(&root),
+            "`make -s stage`",
+        )?;
         let prefix = root.join("build").join("stage");
         let stage = Stage {
             lib_dir: prefix.join("lib"),
@@ -122,6 +114,24 @@ pub fn stage() -> &'static Stage {
         Ok(stage) => stage,
         Err(msg) => panic!("{msg}"),
     }
+}
+
+/// Runs `cmd` (stdin from /dev/null) to completion; an error, naming it `what` and
+/// showing its output, unless it ran and succeeded.
+fn checked_output(cmd: &mut Command, what: &str) -> Result<std::process::Output, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out)
 }
 
 fn cc_build(cpp: bool) -> cc::Build {
@@ -223,21 +233,19 @@ fn compile_now(spec: &CompileSpec) -> Result<PathBuf, String> {
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ");
-    let res = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    if !res.status.success() {
-        return Err(format!(
-            "compiling {} failed ({}):\n{shown}\n{}{}",
-            spec.output,
-            res.status,
-            String::from_utf8_lossy(&res.stdout),
-            String::from_utf8_lossy(&res.stderr)
-        ));
-    }
+    checked_output(&mut cmd, &format!("compiling {}: {shown}", spec.output))?;
     fs::rename(&tmp, &out).map_err(|e| format!("rename {}: {e}", tmp.display()))?;
     Ok(out)
+}
+
+/// `c-abi-tests/seccomp_exec.c`, built (once per test process) with every warning an
+/// error: `seccomp_exec SYSCALL ERRNO PROG [ARGS...]` runs PROG where SYSCALL (`rseq` or
+/// `membarrier`) answers ERRNO (`ENOSYS` or `EPERM`).
+pub fn seccomp_exec() -> PathBuf {
+    compile(
+        &CompileSpec::new("seccomp_exec", &[c_test_source("seccomp_exec.c")])
+            .cflags(&["-Wall", "-Wextra", "-Werror"]),
+    )
 }
 
 /// A finished (or timed-out and killed) child.
