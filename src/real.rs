@@ -55,10 +55,19 @@ pub static SIGWAIT: Next = Next::new(b"sigwait\0");
 pub static SIGWAITINFO: Next = Next::new(b"sigwaitinfo\0");
 pub static SIGTIMEDWAIT: Next = Next::new(b"sigtimedwait\0");
 pub static DLCLOSE: Next = Next::new(b"dlclose\0");
+pub static SIGSUSPEND: Next = Next::new(b"sigsuspend\0");
+pub static PPOLL: Next = Next::new(b"ppoll\0");
+pub static PSELECT: Next = Next::new(b"pselect\0");
+pub static EPOLL_PWAIT: Next = Next::new(b"epoll_pwait\0");
+pub static EPOLL_PWAIT2: Next = Next::new(b"epoll_pwait2\0");
+pub static PTHREAD_ATTR_SETSIGMASK_NP: Next = Next::new(b"pthread_attr_setsigmask_np\0");
 
 /// Resolves every entry (constructor time).
 pub fn resolve_all() {
-    for n in [&PTHREAD_CREATE, &PTHREAD_SIGMASK, &SIGPROCMASK, &SIGACTION, &SIGNAL, &SIGWAIT, &SIGWAITINFO, &SIGTIMEDWAIT, &DLCLOSE] {
+    for n in [
+        &PTHREAD_CREATE, &PTHREAD_SIGMASK, &SIGPROCMASK, &SIGACTION, &SIGNAL, &SIGWAIT, &SIGWAITINFO, &SIGTIMEDWAIT, &DLCLOSE,
+        &SIGSUSPEND, &PPOLL, &PSELECT, &EPOLL_PWAIT, &EPOLL_PWAIT2, &PTHREAD_ATTR_SETSIGMASK_NP,
+    ] {
         n.resolve();
     }
 }

@@ -1,7 +1,9 @@
 //! The reserved real-time signal that the barrier sends to threads it must interrupt, and the
 //! interposers that keep it deliverable, the way glibc keeps its own internal signals (32, 33)
-//! deliverable: masks the program sets (`pthread_sigmask`, `sigprocmask`) never block it, the
-//! sets it waits for (`sigwait*`) never include it, and `sigaction`/`signal` refuse to change it.
+//! deliverable: masks the program sets (`pthread_sigmask`, `sigprocmask`, and the temporary ones
+//! of `sigsuspend`, `ppoll`, `pselect`, `epoll_pwait[2]`, `pthread_attr_setsigmask_np`) never
+//! block it, the sets it waits for (`sigwait*`) never include it, and `sigaction`/`signal` refuse
+//! to change it.
 //!
 //! Delivering the signal is what makes the thread's own kernel process its `rseq_cs` (abort a
 //! running critical section, then clear the field) before the handler runs. The handler only
@@ -191,6 +193,67 @@ pub unsafe extern "C" fn rseqrt_interpose_signal(sig: c_int, handler: libc::sigh
         // SAFETY: the C library's signal() has this signature.
         addr => unsafe { core::mem::transmute::<usize, F>(addr)(sig, handler) },
     }
+}
+
+/// `sigsuspend(2)` whose temporary mask never blocks the reserved signal.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_sigsuspend(mask: *const sigset_t) -> c_int {
+    type F = unsafe extern "C" fn(*const sigset_t) -> c_int;
+    // SAFETY: forwarding to the C library's sigsuspend.
+    unsafe { forward::<F, _>(&real::SIGSUSPEND, mask, true, |f, s| f(s), enosys) }
+}
+
+/// `ppoll(2)` whose temporary mask never blocks the reserved signal.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: *const libc::timespec, mask: *const sigset_t) -> c_int {
+    type F = unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, *const libc::timespec, *const sigset_t) -> c_int;
+    // SAFETY: forwarding to the C library's ppoll.
+    unsafe { forward::<F, _>(&real::PPOLL, mask, true, |f, s| f(fds, n, timeout, s), enosys) }
+}
+
+/// `pselect(2)` whose temporary mask never blocks the reserved signal.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_pselect(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: *const libc::timespec,
+    mask: *const sigset_t,
+) -> c_int {
+    type F = unsafe extern "C" fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *const libc::timespec, *const sigset_t) -> c_int;
+    // SAFETY: forwarding to the C library's pselect.
+    unsafe { forward::<F, _>(&real::PSELECT, mask, true, |f, s| f(n, r, w, e, timeout, s), enosys) }
+}
+
+/// `epoll_pwait(2)` whose temporary mask never blocks the reserved signal.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const sigset_t) -> c_int {
+    type F = unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int, *const sigset_t) -> c_int;
+    // SAFETY: forwarding to the C library's epoll_pwait.
+    unsafe { forward::<F, _>(&real::EPOLL_PWAIT, mask, true, |f, s| f(epfd, events, max, timeout, s), enosys) }
+}
+
+/// `epoll_pwait2(2)` whose temporary mask never blocks the reserved signal.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_epoll_pwait2(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: *const libc::timespec,
+    mask: *const sigset_t,
+) -> c_int {
+    type F = unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, *const libc::timespec, *const sigset_t) -> c_int;
+    // SAFETY: forwarding to the C library's epoll_pwait2.
+    unsafe { forward::<F, _>(&real::EPOLL_PWAIT2, mask, true, |f, s| f(epfd, events, max, timeout, s), enosys) }
+}
+
+/// `pthread_attr_setsigmask_np(3)`: the new thread's initial mask never blocks the reserved signal.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_pthread_attr_setsigmask_np(attr: *mut libc::pthread_attr_t, mask: *const sigset_t) -> c_int {
+    type F = unsafe extern "C" fn(*mut libc::pthread_attr_t, *const sigset_t) -> c_int;
+    // SAFETY: forwarding to the C library's pthread_attr_setsigmask_np.
+    unsafe { forward::<F, _>(&real::PTHREAD_ATTR_SETSIGMASK_NP, mask, true, |f, s| f(attr, s), || libc::ENOSYS) }
 }
 
 /// `sigwait(3)` that never consumes the reserved signal.
