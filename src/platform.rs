@@ -99,7 +99,10 @@ pub fn mmap_anon(len: usize) -> SysResult<*mut u8> {
     .map(|p| p as *mut u8)
 }
 
-/// `munmap(2)`, unchecked: the caller owns the mapping.
+/// `munmap(2)`.
+///
+/// # Safety
+/// Nothing may use the range afterwards: the caller owns the mapping.
 pub unsafe fn munmap(addr: *mut u8, len: usize) -> SysResult<()> {
     // SAFETY: the caller guarantees nothing still uses the range.
     unsafe { sys!(libc::SYS_munmap, addr, len) }.map(drop)
@@ -161,7 +164,7 @@ pub fn thread_count() -> SysResult<usize> {
     }
     // SAFETY: a NUL-terminated literal path.
     let fresh = unsafe {
-        sys!(libc::SYS_openat, libc::AT_FDCWD, b"/proc/self/task\0".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        sys!(libc::SYS_openat, libc::AT_FDCWD, c"/proc/self/task".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
     }? as i32;
     let st = fstat(fresh)?;
     // Publish the new descriptor; an old one is abandoned, not closed: it may be somebody else's
@@ -207,7 +210,7 @@ pub fn mremap(old: usize, old_size: usize, new_size: usize, flags: i32, new_addr
 pub fn for_each_thread(mut f: impl FnMut(i32)) -> SysResult<()> {
     // SAFETY: a NUL-terminated literal path.
     let fd = unsafe {
-        sys!(libc::SYS_openat, libc::AT_FDCWD, b"/proc/self/task\0".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        sys!(libc::SYS_openat, libc::AT_FDCWD, c"/proc/self/task".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
     }? as i32;
     let mut buf = [0u8; 4096];
     let result = loop {
@@ -265,6 +268,6 @@ pub fn blocked_signals(tid: i32) -> SysResult<u64> {
     let text = &buf[..n?];
     let key = b"SigBlk:";
     let at = text.windows(key.len()).position(|w| w == key).ok_or(Errno(libc::EIO))? + key.len();
-    let hex = text[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_hexdigit());
-    hex.fold(Some(0u64), |acc, &d| Some(acc? << 4 | (d as char).to_digit(16)? as u64)).ok_or(Errno(libc::EIO))
+    let mut hex = text[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_hexdigit());
+    hex.try_fold(0u64, |acc, &d| Some(acc << 4 | (d as char).to_digit(16)? as u64)).ok_or(Errno(libc::EIO))
 }

@@ -63,7 +63,7 @@ pub fn glibc_rseq() -> Option<GlibcRseq> {
 /// it on explicitly, `None` when it says nothing.
 pub fn tunable_rseq() -> Option<bool> {
     let t = std::env::var("GLIBC_TUNABLES").ok()?;
-    t.split(':').filter_map(|kv| kv.strip_prefix("glibc.pthread.rseq=")).last().map(|v| v.trim() != "0")
+    t.split(':').filter_map(|kv| kv.strip_prefix("glibc.pthread.rseq=")).next_back().map(|v| v.trim() != "0")
 }
 
 fn kernel_has_rseq() -> bool {
