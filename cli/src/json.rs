@@ -38,7 +38,7 @@ impl Json {
     }
 
     fn write(&self, s: &mut String, indent: usize) {
-        let pad = |s: &mut String, n: usize| s.extend(std::iter::repeat_n(' ', n));
+        let pad = |s: &mut String, n: usize| s.push_str(&" ".repeat(n));
         match self {
             Json::Null => s.push_str("null"),
             Json::Bool(b) => s.push_str(if *b { "true" } else { "false" }),
