@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <sys/auxv.h>
 #include <sys/wait.h>
+#include <threads.h>
 
 #ifdef RSEQRT_LINKED
 #include <rseqrt.h>
@@ -324,6 +325,26 @@ static void check_thread_exit(void)
               ename(exit_dtor_errno));
 }
 
+static void check_thread(const char *who);
+
+/* C11 threads: glibc's thrd_create() reaches its pthread_create internally, so rseqrt interposes
+ * it too; a C11 thread is registered exactly like a pthread. */
+static int c11_thread_main(void *arg)
+{
+    (void)arg;
+    check_thread("C11 thread");
+    return 7;
+}
+
+static void check_c11_thread(void)
+{
+    thrd_t t;
+    int res = 0;
+    check(thrd_create(&t, c11_thread_main, NULL) == thrd_success && thrd_join(t, &res) == thrd_success &&
+              res == 7,
+          "a C11 thread ran its checks and returned its result (%d)", res);
+}
+
 static void check_thread(const char *who)
 {
     struct rseq *area = abi_area();
@@ -470,6 +491,7 @@ int main(void)
     check_fork("main", main_area);
     check_exec();
     check_thread_exit();
+    check_c11_thread();
 
     struct worker workers[NTHREADS];
     if (pthread_barrier_init(&all_alive, NULL, NTHREADS + 1) != 0)

@@ -47,6 +47,7 @@ impl Next {
 }
 
 pub static PTHREAD_CREATE: Next = Next::new(b"pthread_create\0");
+pub static THRD_CREATE: Next = Next::new(b"thrd_create\0");
 pub static PTHREAD_SIGMASK: Next = Next::new(b"pthread_sigmask\0");
 pub static SIGPROCMASK: Next = Next::new(b"sigprocmask\0");
 pub static SIGACTION: Next = Next::new(b"sigaction\0");
@@ -65,7 +66,7 @@ pub static PTHREAD_ATTR_SETSIGMASK_NP: Next = Next::new(b"pthread_attr_setsigmas
 /// Resolves every entry (constructor time).
 pub fn resolve_all() {
     for n in [
-        &PTHREAD_CREATE, &PTHREAD_SIGMASK, &SIGPROCMASK, &SIGACTION, &SIGNAL, &SIGWAIT, &SIGWAITINFO, &SIGTIMEDWAIT, &DLCLOSE,
+        &PTHREAD_CREATE, &THRD_CREATE, &PTHREAD_SIGMASK, &SIGPROCMASK, &SIGACTION, &SIGNAL, &SIGWAIT, &SIGWAITINFO, &SIGTIMEDWAIT, &DLCLOSE,
         &SIGSUSPEND, &PPOLL, &PSELECT, &EPOLL_PWAIT, &EPOLL_PWAIT2, &PTHREAD_ATTR_SETSIGMASK_NP,
     ] {
         n.resolve();

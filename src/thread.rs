@@ -110,6 +110,40 @@ pub unsafe extern "C" fn rseqrt_interpose_pthread_create(
     err
 }
 
+/// rseqrt's `thrd_create` (C11 threads): glibc's calls its internal pthread_create directly, past
+/// rseqrt's `pthread_create`, so it is interposed too. The start function returns `int`; glibc's
+/// `thrd_join` reads the low 32 bits of the thread's result, which the jump in
+/// `arch::rseqrt_thread_start` leaves exactly as the function returned them.
+///
+/// # Safety
+/// Same contract as `thrd_create(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_thrd_create(
+    thread: *mut libc::pthread_t,
+    start: unsafe extern "C" fn(*mut c_void) -> c_int,
+    arg: *mut c_void,
+) -> c_int {
+    type ThrdCreate = unsafe extern "C" fn(*mut pthread_t, *const c_void, *mut c_void) -> c_int;
+    const THRD_ERROR: c_int = 2; // <threads.h>
+    let next = real::THRD_CREATE.get();
+    if next == 0 {
+        return THRD_ERROR;
+    }
+    // SAFETY: `next` is the C library's thrd_create; the start function pointer is passed as an
+    // opaque code address, as glibc itself does.
+    let next: ThrdCreate = unsafe { core::mem::transmute(next) };
+    let Some(idx) = registry::claim(start as usize, arg as usize) else {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { next(thread, start as *const c_void, arg) };
+    };
+    // SAFETY: rseqrt's entry jumps to `start(arg)` after the per-thread prologue.
+    let rc = unsafe { next(thread, crate::arch::rseqrt_thread_start as *const c_void, (idx + 1) as *mut c_void) };
+    if rc != 0 {
+        registry::release(idx);
+    }
+    rc
+}
+
 /// Whether the program's `pthread_create` is rseqrt's, i.e. whether rseqrt was loaded early
 /// enough (linked or preloaded) to see every thread start. Always true where rseqrt does not
 /// interpose (the Rust crate linked into a program: threads register themselves).

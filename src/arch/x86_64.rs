@@ -202,6 +202,7 @@ macro_rules! interpose {
 #[cfg(feature = "c-library")]
 interpose! {
     "pthread_create" => [("v2_34", "@@GLIBC_2.34"), ("v2_2_5", "@GLIBC_2.2.5")],
+    "thrd_create" => [("v2_34", "@@GLIBC_2.34"), ("v2_28", "@GLIBC_2.28")],
     "pthread_sigmask" => [("v2_32", "@@GLIBC_2.32"), ("v2_2_5", "@GLIBC_2.2.5")],
     "sigprocmask" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigaction" => [("v2_2_5", "@@GLIBC_2.2.5")],
