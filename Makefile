@@ -7,6 +7,7 @@
 #   make generate             regenerate src/abi/linux_rseq.rs and include/rseqrt.h
 #   make bench                benchmarks; results under docs/bench/
 
+SHELL     := bash
 VERSION   := 0.1.0
 SOVERSION := 0
 PREFIX    ?= /usr/local
@@ -114,7 +115,9 @@ demo: deps stage
 	@LD_PRELOAD=$(STAGE)/lib/rseqrt/librseqrt_preload.so $(EXAMPLES)/unload $(EXAMPLES)/plugin.so; echo "   exit status $$?"
 
 check: deps stage check-generated
-	$(CARGO) test --release --workspace --exclude rseqrt-gen -- --test-threads=1
+	@mkdir -p $(B)
+	set -o pipefail; $(CARGO) test --release --workspace --exclude rseqrt-gen -- --test-threads=1 2>&1 | tee $(B)/check.log
+	@scripts/test-summary $(B)/check.log
 
 # Benchmarks: C programs compiled at run time against the freshly built build/lib/librseqrt.so;
 # results (Markdown, JSON, SVG) under docs/bench/.
