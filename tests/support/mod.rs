@@ -32,7 +32,7 @@ pub fn c_test_source(name: &str) -> PathBuf {
     repo_root().join("c-abi-tests").join(name)
 }
 
-/// The installed tree that `make stage` produces (see docs/CONTRACT.md).
+/// The installed tree that `make stage` produces (`make install` into build/stage).
 #[derive(Debug, Clone)]
 pub struct Stage {
     pub prefix: PathBuf,
