@@ -440,6 +440,52 @@ static void sc_wholepage(int argc, char **argv)
     printf("survived\n");
 }
 
+/* A barrier from a thread with the smallest stack glibc allows (PTHREAD_STACK_MIN): the barrier
+ * must fit, on its slowest paths too (a stale blocked thread to signal; with glibc's SIGEV_THREAD
+ * helper present, the process has threads rseqrt does not know). */
+static void small_stack_timer_cb(union sigval v) { (void)v; }
+static char *small_stack_page;
+static int small_stack_rc = -99;
+
+static void *small_stack_free(void *arg)
+{
+    (void)arg;
+    small_stack_rc = use_rseqrt ? rseqrt_munmap(small_stack_page, 4096) : munmap(small_stack_page, 4096);
+    return NULL;
+}
+
+static void sc_smallstack(int argc, char **argv)
+{
+    (void)argc, (void)argv;
+    timer_t timer;
+    const char *err = crash_start_timer_thread(small_stack_timer_cb, &timer);
+    if (err)
+        die(2, "timer: %s", err);
+    small_stack_page = map_pages(1);
+    stale_desc = (struct rseq_cs_desc *)small_stack_page;
+    memcpy(stale_desc, rseq_cs_own_desc(), sizeof *stale_desc);
+    if (pipe(stale_pipe) != 0)
+        die(2, "pipe");
+    pthread_t t, f;
+    pthread_create(&t, NULL, stale_reader, NULL);
+    while (!atomic_load(&stale_ready))
+        sched_yield();
+    if (stale_cpu < 0)
+        die(3, "the stale thread has no registered area");
+    sleep_ms(5);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    if (pthread_attr_setstacksize(&attr, PTHREAD_STACK_MIN) != 0)
+        die(2, "pthread_attr_setstacksize");
+    pthread_create(&f, &attr, small_stack_free, NULL);
+    pthread_join(f, NULL);
+    check(small_stack_rc == 0, "%s from a %ld-byte stack = %d", use_rseqrt ? "rseqrt_munmap" : "munmap",
+          (long)PTHREAD_STACK_MIN, small_stack_rc);
+    write_byte(stale_pipe[1]);
+    pthread_join(t, NULL);
+    printf("survived\n");
+}
+
 /* ---------------------------------------------------- 4. dlclose runs destructors */
 
 static void sc_dtor(int argc, char **argv)
@@ -876,6 +922,7 @@ static const struct {
     {"tsd", sc_tsd},           {"early", sc_early},         {"wholepage", sc_wholepage},
     {"dtor", sc_dtor},         {"inflight", sc_inflight},   {"probe", sc_probe},
     {"tempmask", sc_tempmask}, {"attrmask", sc_attrmask},   {"bogus", sc_bogus},
+    {"smallstack", sc_smallstack},
 };
 
 int main(int argc, char **argv)

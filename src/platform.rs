@@ -212,7 +212,7 @@ pub fn for_each_thread(mut f: impl FnMut(i32)) -> SysResult<()> {
     let fd = unsafe {
         sys!(libc::SYS_openat, libc::AT_FDCWD, c"/proc/self/task".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
     }? as i32;
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; 1024];
     let result = loop {
         // SAFETY: the kernel writes at most `buf.len()` bytes of dirent64 records.
         let n = match unsafe { sys!(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) } {
@@ -240,7 +240,8 @@ pub fn for_each_thread(mut f: impl FnMut(i32)) -> SysResult<()> {
     result
 }
 
-/// The blocked-signal mask of thread `tid` of this process (`SigBlk` in its `status` file).
+/// The blocked-signal mask of thread `tid` of this process (`SigBlk` in its `status` file),
+/// read in small pieces (the file grows with the supplementary groups listed before `SigBlk`).
 pub fn blocked_signals(tid: i32) -> SysResult<u64> {
     let mut path = [0u8; 48];
     let prefix = b"/proc/self/task/";
@@ -262,12 +263,39 @@ pub fn blocked_signals(tid: i32) -> SysResult<u64> {
     }
     path[len..len + 8].copy_from_slice(b"/status\0");
     let fd = open_read(&path[..len + 8])?;
-    let mut buf = [0u8; 2048];
-    let n = read(fd, buf.as_mut_ptr(), buf.len());
+    let result = find_sigblk(fd);
     close(fd);
-    let text = &buf[..n?];
-    let key = b"SigBlk:";
-    let at = text.windows(key.len()).position(|w| w == key).ok_or(Errno(libc::EIO))? + key.len();
-    let mut hex = text[at..].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_hexdigit());
-    hex.try_fold(0u64, |acc, &d| Some(acc << 4 | (d as char).to_digit(16)? as u64)).ok_or(Errno(libc::EIO))
+    result
+}
+
+/// Scans `fd` for the line `SigBlk:\t<16 hex digits>` through a 256-byte window, carrying the
+/// last 64 bytes over between reads (more than the key and its value), so the line is found
+/// wherever the reads cut the file.
+fn find_sigblk(fd: i32) -> SysResult<u64> {
+    const KEY: &[u8] = b"\nSigBlk:";
+    const VALUE: usize = 18; // tab, 16 hex digits, newline
+    const CARRY: usize = 64;
+    let mut buf = [0u8; 256];
+    let mut have = 0;
+    let mut eof = false;
+    loop {
+        if let Some(at) = buf[..have].windows(KEY.len()).position(|w| w == KEY) {
+            let start = at + KEY.len();
+            if have - start >= VALUE || eof {
+                let mut hex = buf[start..have].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_hexdigit());
+                return hex.try_fold(0u64, |acc, &d| Some(acc << 4 | (d as char).to_digit(16)? as u64)).ok_or(Errno(libc::EIO));
+            }
+            // The value is cut: keep the key and read on.
+            buf.copy_within(at..have, 0);
+            have -= at;
+        } else if eof {
+            return Err(Errno(libc::EIO));
+        } else if have > CARRY {
+            buf.copy_within(have - CARRY..have, 0);
+            have = CARRY;
+        }
+        let n = read(fd, buf[have..].as_mut_ptr(), buf.len() - have)?;
+        eof = n == 0;
+        have += n;
+    }
 }

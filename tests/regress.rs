@@ -302,6 +302,12 @@ fn threads_started_before_rseqrts_constructor() {
 /// mremap() shrinking a mapping whose old size is not page-aligned (the kernel rounds it up and
 /// frees the page holding the descriptor), and mmap(MAP_FIXED) of 100 bytes over the page
 /// (before the fix the barriers covered only the bytes named).
+/// The barrier fits in the smallest thread stack (PTHREAD_STACK_MIN), on its slow paths too.
+#[test]
+fn barrier_runs_on_the_smallest_stack() {
+    run_cases("smallest stack", &[case("smallstack", &[])]);
+}
+
 #[test]
 fn barriers_cover_whole_pages() {
     run_cases("whole pages", &[case("wholepage", &[])]);

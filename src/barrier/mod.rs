@@ -102,8 +102,12 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
         return Err(Errno(libc::EINVAL));
     }
     let owner = state::owner();
-    if owner == Owner::None {
-        return Ok(()); // no area is registered, so no rseq_cs is ever read
+    // rseqrt registered nothing. Where rseq itself is unavailable, nobody did; where rseqrt was
+    // loaded too late to own registration, another library may have: treat every thread as
+    // unknown.
+    let late = state::none_reason().is_some();
+    if owner == Owner::None && !late {
+        return Ok(());
     }
     let mut classify = Classifier::new(target);
     clear_own(&mut classify);
@@ -135,7 +139,7 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
             signal_and_wait(&mut pending[..left], &mut classify, deadline, flags)?;
         }
     }
-    unknown::cover(&guard, owner, flags, deadline_ns)
+    unknown::cover(&guard, owner, flags, late, deadline_ns)
 }
 
 /// The calling thread clears its own field directly: it is in user space, so its kernel is not

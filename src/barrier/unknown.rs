@@ -21,31 +21,29 @@ use crate::registry::{self, ReadGuard};
 use crate::signal;
 use crate::state::Owner;
 
-/// Known thread ids held for the lookup; beyond this, unknown threads are found by a slower scan.
-const KNOWN_MAX: usize = 4096;
+/// Known thread ids kept in a small open-addressed table for the lookup (1 KiB of stack);
+/// beyond it, ids not found there are looked up in the registry itself.
+const KNOWN_CELLS: usize = 256;
 /// Unknown threads handled per round.
 const ROUND: usize = 64;
 const RESEND_NS: u64 = 10_000_000;
 
 /// Makes every thread the registry does not know take a signal, or fails without freeing.
-pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, deadline: impl Fn() -> u64) -> Result<(), Errno> {
-    if platform::thread_count().is_ok_and(|n| n <= registry::known_threads()) {
+///
+/// `all_unknown`: treat every thread as unknown (rseqrt was loaded too late to own registration,
+/// and some other library may have registered areas it cannot see).
+pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, all_unknown: bool, deadline: impl Fn() -> u64) -> Result<(), Errno> {
+    // Known first: a thread that registers between the two reads then errs towards the slow path.
+    let known_count = if all_unknown { 0 } else { registry::known_threads() };
+    if platform::thread_count().is_ok_and(|n| n <= known_count) {
         return Ok(());
     }
-    let mut known = [0i32; KNOWN_MAX];
-    let mut n_known = 0;
+    let mut known = [0i32; KNOWN_CELLS];
     let mut overflow = false;
-    guard.for_each_live(|tid, _| {
-        if n_known < KNOWN_MAX {
-            known[n_known] = tid;
-            n_known += 1;
-        } else {
-            overflow = true;
-        }
-    });
-    let known = &mut known[..n_known];
-    known.sort_unstable();
-    let is_known = |tid: i32| known.binary_search(&tid).is_ok() || (overflow && registry_has(guard, tid));
+    if !all_unknown {
+        guard.for_each_live(|tid, _| overflow |= !insert(&mut known, tid));
+    }
+    let is_known = |tid: i32| !all_unknown && (contains(&known, tid) || (overflow && registry_has(guard, tid)));
 
     let me = platform::gettid();
     let mut blocked_seen = false;
@@ -58,7 +56,10 @@ pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, deadline: impl Fn() ->
         }
         match signal::blocks_reserved(tid) {
             Ok(true) => blocked_seen = true,
-            Ok(false) => {
+            Err(Errno(libc::ENOENT | libc::ESRCH)) => {} // gone already
+            // Accepts the signal, or could not be inspected (out of descriptors, ...): signal it;
+            // one that is gone answers ESRCH, one that blocks it makes the round time out.
+            _ => {
                 // One round never holds two threads that share an acknowledgement cell.
                 if n == ROUND || round[..n].iter().any(|&t| signal::ack_cell(t) == signal::ack_cell(tid)) {
                     result = signal_round(&round[..n], &deadline);
@@ -67,7 +68,6 @@ pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, deadline: impl Fn() ->
                 round[n] = tid;
                 n += 1;
             }
-            Err(_) => {} // gone already
         }
     })?;
     result?;
@@ -81,7 +81,33 @@ pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, deadline: impl Fn() ->
     Ok(())
 }
 
-/// Slow membership test, for processes with more than `KNOWN_MAX` registered threads.
+fn cell_of(tid: i32, i: usize) -> usize {
+    (tid as u32 as usize).wrapping_mul(0x9e37_79b9).wrapping_add(i) % KNOWN_CELLS
+}
+
+/// Adds `tid` to the table; `false` when the table is full.
+fn insert(table: &mut [i32; KNOWN_CELLS], tid: i32) -> bool {
+    (0..KNOWN_CELLS).map(|i| cell_of(tid, i)).any(|c| {
+        let free = table[c] == 0 || table[c] == tid;
+        if free {
+            table[c] = tid;
+        }
+        free
+    })
+}
+
+fn contains(table: &[i32; KNOWN_CELLS], tid: i32) -> bool {
+    for i in 0..KNOWN_CELLS {
+        match table[cell_of(tid, i)] {
+            0 => return false,
+            t if t == tid => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Slow membership test, for processes with more registered threads than the table holds.
 fn registry_has(guard: &ReadGuard, tid: i32) -> bool {
     let mut found = false;
     guard.for_each_live(|t, _| found |= t == tid);
