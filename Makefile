@@ -23,7 +23,6 @@ SO        := $(B)/lib/librseqrt.so.$(VERSION)
 # same SONAME (so a program that links rseqrt gets one copy). It lives in a subdirectory so that
 # ldconfig, which picks one file per SONAME in a directory, never sees the two side by side.
 PRELOAD   := $(B)/lib/rseqrt/librseqrt_preload.so
-PRELOAD_SYMS := dlclose munmap mremap mmap mmap64
 STAGE     := $(CURDIR)/$(B)/stage
 
 .PHONY: all deps demo check install stage generate check-generated bench clean FORCE
@@ -48,18 +47,16 @@ $(B)/lib/librseqrt.a: $(RUST_A)
 	@mkdir -p $(B)/lib
 	cp $< $@
 
-# librseqrt.so's version script, plus the interposed C library names in glibc's version nodes
-# (programs built against glibc 2.36 reference dlclose@GLIBC_2.34 and the memory calls @GLIBC_2.2.5).
-$(B)/rseqrt_preload.map: rseqrt.map
-	@mkdir -p $(B)
-	sed -e 's/^GLIBC_2.2.5 { };/GLIBC_2.2.5 { global: munmap; mremap; mmap; mmap64; };/' \
-	    -e 's/^GLIBC_2.34 { };/GLIBC_2.34 { global: dlclose; };/' $< > $@
+# The shim is built from the crate with the `preload` feature (its dlclose/munmap/mremap/mmap
+# entry points), in its own target directory so that librseqrt.a stays without them.
+PRELOAD_A := target/preload/release/librseqrt.a
+$(PRELOAD_A): FORCE
+	$(CARGO) build --release --features preload -p rseqrt --target-dir target/preload
 
-$(PRELOAD): $(RUST_A) $(B)/rseqrt_preload.map
+$(PRELOAD): $(PRELOAD_A) rseqrt.map
 	@mkdir -p $(dir $@)
-	$(CC) -shared -o $@ -Wl,--whole-archive $(RUST_A) -Wl,--no-whole-archive \
-	  $(foreach s,$(PRELOAD_SYMS),-Wl,--defsym=$(s)=rseqrt_preload_$(subst mmap64,mmap,$(s))) \
-	  -Wl,-soname,librseqrt.so.$(SOVERSION) -Wl,--version-script=$(B)/rseqrt_preload.map \
+	$(CC) -shared -o $@ -Wl,--whole-archive $(PRELOAD_A) -Wl,--no-whole-archive \
+	  -Wl,-soname,librseqrt.so.$(SOVERSION) -Wl,--version-script=rseqrt.map \
 	  -Wl,-z,now -Wl,-z,relro -Wl,--gc-sections -Wl,--no-undefined -lpthread -ldl -lc
 
 # The rseqrt command (info, selftest, bench); links the crate, embeds its selftest plugins.

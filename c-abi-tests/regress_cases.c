@@ -486,6 +486,48 @@ static void sc_smallstack(int argc, char **argv)
     printf("survived\n");
 }
 
+/* An object kept loaded only by another's relocation dependency: B is loaded RTLD_GLOBAL, A binds
+ * to it (no DT_NEEDED), B's own handle is closed (B stays: A needs it). Closing A unmaps B too,
+ * so the barrier must cover B although A's dependency list does not name it. */
+static int (*reldep_inc)(void);
+static void *reldep_reader(void *arg)
+{
+    (void)arg;
+    stale_cpu = reldep_inc();
+    atomic_store(&stale_ready, 1);
+    read_byte(stale_pipe[0]);
+    return NULL;
+}
+
+static void sc_reldep(int argc, char **argv)
+{
+    if (argc < 2)
+        die(2, "usage: reldep METHOD A.so B.so");
+    void *b = dlopen(argv[1], RTLD_NOW | RTLD_GLOBAL);
+    void *a = dlopen(argv[0], RTLD_NOW);
+    if (!a || !b)
+        die(2, "dlopen: %s", dlerror());
+    reldep_inc = (int (*)(void))dlsym(a, "a_inc");
+    if (pipe(stale_pipe) != 0 || !reldep_inc)
+        die(2, "setup");
+    pthread_t t;
+    pthread_create(&t, NULL, reldep_reader, NULL);
+    while (!atomic_load(&stale_ready))
+        sched_yield();
+    if (stale_cpu < 0)
+        die(3, "the stale thread has no registered area");
+    sleep_ms(5);
+    dlclose(b);
+    check(dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD) != NULL, "B stays loaded after its own dlclose (A binds to it)");
+    dlclose(b);
+    int rc = use_rseqrt ? rseqrt_dlclose(a) : dlclose(a);
+    check(rc == 0, "%s(A) = %d", use_rseqrt ? "rseqrt_dlclose" : "dlclose", rc);
+    check(dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD) == NULL, "closing A unloaded B");
+    write_byte(stale_pipe[1]);
+    pthread_join(t, NULL);
+    printf("survived\n");
+}
+
 /* ---------------------------------------------------- 4. dlclose runs destructors */
 
 static void sc_dtor(int argc, char **argv)
@@ -922,7 +964,7 @@ static const struct {
     {"tsd", sc_tsd},           {"early", sc_early},         {"wholepage", sc_wholepage},
     {"dtor", sc_dtor},         {"inflight", sc_inflight},   {"probe", sc_probe},
     {"tempmask", sc_tempmask}, {"attrmask", sc_attrmask},   {"bogus", sc_bogus},
-    {"smallstack", sc_smallstack},
+    {"smallstack", sc_smallstack}, {"reldep", sc_reldep},
 };
 
 int main(int argc, char **argv)

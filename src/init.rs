@@ -13,6 +13,7 @@ pub extern "C" fn run() {
     thread::init_exit_hook();
     crate::config::load();
     real::resolve_all();
+    crate::unmap::note_startup_objects();
     if state::owner() == Owner::SelfOwned {
         if !thread::pthread_create_is_ours() {
             // Loaded too late (dlopen): threads the program creates would bypass rseqrt's

@@ -1,18 +1,41 @@
-//! `dlclose()` and `munmap()` that run the barrier first, over exactly the memory they may free.
+//! `dlclose()` and `munmap()` that run the barrier first, over the memory they may free.
 //!
-//! `dlclose(handle)` may unmap the handle's object and every dependency it loaded that nothing
-//! else still uses. The candidates are the handle's object and the closure of its `DT_NEEDED`
-//! entries among the loaded objects (matched by `DT_SONAME`, else by file name); each contributes
-//! the span of its `PT_LOAD` segments. Candidates that stay loaded only cost a wider barrier.
-//! More than `MAX_OBJECTS` candidates: the barrier covers every `rseq_cs` (`clear_all`).
+//! `dlclose(handle)` may unmap the handle's object and any object that only it kept loaded: its
+//! `DT_NEEDED` dependencies, and objects it bound to at relocation time (glibc's private
+//! `l_reldeps`, which the public link map does not show). The barrier covers the handle's object,
+//! the closure of its `DT_NEEDED` entries (matched by `DT_SONAME`, path, or file name), and every
+//! object loaded after rseqrt's constructor ran (objects loaded at startup are never unloaded):
+//! each contributes the span of its `PT_LOAD` segments. Objects that stay loaded only widen the
+//! barrier. More than `MAX_OBJECTS`: the barrier covers every `rseq_cs` (`clear_all`).
+//!
+//! The link maps are read inside a `dl_iterate_phdr()` callback, which holds the dynamic
+//! linker's lock, so no other thread's `dlclose()` can free one while it is read.
 
 use crate::barrier::{self, Range};
 use crate::elf::{LinkMap, DT_NEEDED, DT_SONAME, DT_STRTAB};
 use crate::platform::Errno;
 use core::ffi::{c_void, CStr};
 use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering::Relaxed};
 
 const MAX_OBJECTS: usize = 128;
+
+/// The last object of the main namespace when rseqrt's constructor ran: objects after it were
+/// loaded later (and so may be unloaded).
+static STARTUP_LAST: AtomicPtr<LinkMap> = AtomicPtr::new(ptr::null_mut());
+
+/// Records the objects loaded so far as the startup set (constructor time, under the loader's
+/// lock: the dynamic linker holds it while it runs constructors).
+pub fn note_startup_objects() {
+    // SAFETY: ld.so's list of loaded objects, stable while the loader's lock is held.
+    unsafe {
+        let mut m = (*ptr::addr_of!(crate::elf::_r_debug)).r_map;
+        while !m.is_null() && !(*m).l_next.is_null() {
+            m = (*m).l_next;
+        }
+        STARTUP_LAST.store(m as *mut LinkMap, Relaxed);
+    }
+}
 
 /// The page size used to round lengths: the kernel frees whole pages.
 const PAGE: usize = 4096;
@@ -44,41 +67,115 @@ enum Unmaps {
     Nothing,
 }
 
+/// State of the walk inside `dl_iterate_phdr`'s callback.
+struct Walk<'a> {
+    handle: *const LinkMap,
+    /// Load addresses of the candidate objects; `None` until the first callback computed them.
+    candidates: Option<Result<([usize; MAX_OBJECTS], usize), Unmaps>>,
+    out: &'a mut [Range; MAX_OBJECTS],
+    found: usize,
+}
+
 /// The ranges `dlclose(handle)` may unmap.
 fn dlclose_ranges(handle: *mut c_void, out: &mut [Range; MAX_OBJECTS]) -> Unmaps {
-    // glibc's handles are link maps; dlinfo(RTLD_DI_LINKMAP) would hand back any pointer, so look
-    // the handle up in the loader's lists (every namespace) before reading through it.
-    let map = handle as *const LinkMap;
-    if !crate::elf::is_loaded_object(map) {
-        return Unmaps::Nothing;
+    let mut walk = Walk { handle: handle as *const LinkMap, candidates: None, out, found: 0 };
+    // SAFETY: `visit` only reads what it is handed and the loader's lists (under the loader's
+    // lock, which dl_iterate_phdr holds around every callback); `walk` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk).cast()) };
+    match walk.candidates {
+        Some(Ok(_)) => Unmaps::Objects(walk.found),
+        Some(Err(verdict)) => verdict,
+        None => Unmaps::Nothing,
+    }
+}
+
+/// `dl_iterate_phdr` callback: on the first object, decides the candidates; on every object,
+/// records the span of a candidate's `PT_LOAD` segments.
+unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> libc::c_int {
+    // SAFETY: `data` is the `Walk` of `dlclose_ranges`; `info` is valid during the callback.
+    let (walk, info) = unsafe { (&mut *(data as *mut Walk), &*info) };
+    // SAFETY: called under the loader's lock (see `dlclose_ranges`).
+    let candidates = walk.candidates.get_or_insert_with(|| unsafe { candidates(walk.handle) });
+    let Ok((addrs, n)) = candidates else { return 1 };
+    let addr = info.dlpi_addr as usize;
+    if !addrs[..*n].contains(&addr) || walk.found == MAX_OBJECTS {
+        return 0;
+    }
+    let mut span = Range { start: usize::MAX, end: 0 };
+    for i in 0..info.dlpi_phnum as usize {
+        // SAFETY: `dlpi_phdr` has `dlpi_phnum` entries.
+        let ph = unsafe { &*info.dlpi_phdr.add(i) };
+        if ph.p_type == libc::PT_LOAD {
+            let start = addr + ph.p_vaddr as usize;
+            span.start = span.start.min(start & !(PAGE - 1));
+            span.end = span.end.max(start + ph.p_memsz as usize);
+        }
+    }
+    if span.start < span.end {
+        walk.out[walk.found] = span;
+        walk.found += 1;
+    }
+    0
+}
+
+/// The load addresses of the objects `dlclose(handle)` may unmap (see the module comment).
+///
+/// # Safety
+/// Call with the loader's lock held.
+unsafe fn candidates(handle: *const LinkMap) -> Result<([usize; MAX_OBJECTS], usize), Unmaps> {
+    // glibc's handles are link maps; look the handle up in the loader's lists before reading
+    // through it (dlinfo would hand back any pointer).
+    if !crate::elf::is_loaded_object(handle) {
+        return Err(Unmaps::Nothing);
+    }
+    fn add(objects: &mut [*const LinkMap; MAX_OBJECTS], count: &mut usize, m: *const LinkMap) -> Result<(), Unmaps> {
+        if !objects[..*count].contains(&m) {
+            *objects.get_mut(*count).ok_or(Unmaps::Everything)? = m;
+            *count += 1;
+        }
+        Ok(())
     }
     let mut objects = [ptr::null::<LinkMap>(); MAX_OBJECTS];
-    objects[0] = map;
-    let mut count = 1;
+    let mut count = 0;
+    add(&mut objects, &mut count, handle)?;
+    // Everything loaded after startup, in the handle's namespace list (the whole list for a
+    // namespace other than the main one, all of which was loaded later).
+    let startup_last = STARTUP_LAST.load(Relaxed) as *const LinkMap;
+    // SAFETY: the loader's list, under its lock.
+    unsafe {
+        let mut m = handle;
+        while !(*m).l_prev.is_null() {
+            m = (*m).l_prev;
+        }
+        // In the main namespace: the objects after the startup set (none if it was not recorded).
+        let mut after_startup = m != (*ptr::addr_of!(crate::elf::_r_debug)).r_map;
+        while !m.is_null() {
+            if after_startup {
+                add(&mut objects, &mut count, m)?;
+            }
+            after_startup |= m == startup_last;
+            m = (*m).l_next;
+        }
+    }
+    // The DT_NEEDED closure (covers dependencies loaded before rseqrt itself was).
     let mut next = 0;
     while next < count {
-        // SAFETY: every entry is a loaded object of the loader's list (the handle keeps the
-        // object and its dependencies loaded while we look).
-        let Some(needed) = (unsafe { needed_names(&*objects[next]) }) else { return Unmaps::Everything };
+        // SAFETY: every entry is a loaded object of the loader's list, under its lock.
+        let needed = unsafe { needed_names(&*objects[next]) }.ok_or(Unmaps::Everything)?;
         next += 1;
         for name in needed.iter().flatten() {
             // SAFETY: as above.
-            let Some(dep) = (unsafe { find_loaded(map, name) }) else { continue };
-            if objects[..count].contains(&dep) {
-                continue;
+            if let Some(dep) = unsafe { find_loaded(handle, name) } {
+                add(&mut objects, &mut count, dep)?;
             }
-            if count == MAX_OBJECTS {
-                return Unmaps::Everything;
-            }
-            objects[count] = dep;
-            count += 1;
         }
     }
-    for (i, obj) in objects[..count].iter().enumerate() {
+    let mut addrs = [0usize; MAX_OBJECTS];
+    for (a, m) in addrs.iter_mut().zip(&objects[..count]) {
         // SAFETY: as above.
-        out[i] = unsafe { load_span(&**obj) };
+        *a = unsafe { (**m).l_addr };
     }
-    Unmaps::Objects(count)
+    Ok((addrs, count))
 }
 
 /// `dlclose()` after the barrier over every object it may unmap. A handle that is not a loaded
@@ -109,7 +206,7 @@ pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
 ///
 /// # Safety
 /// `m` must be a loaded object.
-unsafe fn needed_names(m: &LinkMap) -> Option<[Option<&'static CStr>; 64]> {
+unsafe fn needed_names(m: &LinkMap) -> Option<[Option<&CStr>; 64]> {
     let mut out = [None; 64];
     // SAFETY: a loaded object's dynamic section and string table are mapped.
     unsafe {
@@ -160,41 +257,3 @@ unsafe fn find_loaded(any: *const LinkMap, name: &CStr) -> Option<*const LinkMap
     None
 }
 
-/// The span of `m`'s `PT_LOAD` segments, from the program headers `dl_iterate_phdr` reports for
-/// the object loaded at `m.l_addr`.
-///
-/// # Safety
-/// `m` must be a loaded object.
-unsafe fn load_span(m: &LinkMap) -> Range {
-    let mut span = Range { start: usize::MAX, end: 0 };
-    // SAFETY: dl_iterate_phdr hands each loaded object's program headers to the callback; the
-    // callback only reads them.
-    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> libc::c_int {
-        // SAFETY: `data` is the (l_addr, span) pair below; `info` is valid during the callback.
-        unsafe {
-            let (addr, span) = &mut *(data as *mut (usize, Range));
-            let info = &*info;
-            if info.dlpi_addr as usize != *addr {
-                return 0;
-            }
-            for i in 0..info.dlpi_phnum as usize {
-                let ph = &*info.dlpi_phdr.add(i);
-                if ph.p_type == libc::PT_LOAD {
-                    let start = *addr + ph.p_vaddr as usize;
-                    span.start = span.start.min(start & !4095);
-                    span.end = span.end.max(start + ph.p_memsz as usize);
-                }
-            }
-            1
-        }
-    }
-    let mut data = (m.l_addr, span);
-    // SAFETY: `visit` only reads what it is handed; `data` outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut data as *mut (usize, Range)).cast()) };
-    span = data.1;
-    if span.start > span.end {
-        Range { start: 0, end: 0 }
-    } else {
-        span
-    }
-}

@@ -28,6 +28,13 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 struct Programs {
     stage: &'static Stage,
+    /// regress_reldep_a.so binds to regress_reldep_b.so at relocation time, not by DT_NEEDED.
+    reldep_a: PathBuf,
+    reldep_b: PathBuf,
+    /// examples/unload.c referencing dlclose@GLIBC_2.2.5, as a pre-2.34 binary does.
+    old_dlclose: PathBuf,
+    /// examples/plugin.c.
+    example_plugin: PathBuf,
     /// regress_cases.c, linked with rseqrt.
     cases: PathBuf,
     /// The same, with libregress_early.so as a DT_NEEDED entry after rseqrt.
@@ -78,6 +85,13 @@ fn programs() -> &'static Programs {
         };
         let plugin_counter = shared("regress_plugin_counter.so", "plugin_counter.c", &[]);
         let plugin_dtor = shared("regress_plugin_dtor.so", "regress_plugin_dtor.c", &[]);
+        let reldep_b = shared("regress_reldep_b.so", "regress_reldep_b.c", &[]);
+        // A leaves b_inc undefined: it binds to whatever global definition is loaded.
+        let reldep_a = compile(
+            &CompileSpec::new("regress_reldep_a.so", &[src("regress_reldep_a.c")])
+                .cflags(&warn)
+                .cflags(&["-fPIC", "-shared"]),
+        );
         let early_lib = shared("libregress_early.so", "regress_early.c", &["-Wl,-soname,libregress_early.so"]);
         let slowshim = shared("libregress_slowshim.so", "regress_slowshim.c", &[]);
         let cases = compile(
@@ -98,12 +112,22 @@ fn programs() -> &'static Programs {
                 .libs(&[format!("-Wl,-rpath,{}", tests_build_dir().display())])
                 .libs(&["-pthread", "-ldl"]),
         );
+        let old_dlclose = compile(
+            &CompileSpec::new("regress_old_dlclose", &[src("regress_old_dlclose.c")])
+                .cflags(&warn)
+                .libs(&["-pthread", "-ldl"]),
+        );
+        let example_plugin = shared("regress_example_plugin.so", "../examples/plugin.c", &[]);
         let preload_prog = compile(
             &CompileSpec::new("regress_preload", &[src("regress_preload.c")])
                 .cflags(&warn)
                 .libs(&["-pthread", "-ldl"]),
         );
         Programs {
+            reldep_a,
+            reldep_b,
+            old_dlclose,
+            example_plugin,
             stage,
             cases,
             cases_early,
@@ -302,6 +326,34 @@ fn threads_started_before_rseqrts_constructor() {
 /// mremap() shrinking a mapping whose old size is not page-aligned (the kernel rounds it up and
 /// frees the page holding the descriptor), and mmap(MAP_FIXED) of 100 bytes over the page
 /// (before the fix the barriers covered only the bytes named).
+/// A binary built against glibc older than 2.34 references dlclose@GLIBC_2.2.5: the preload
+/// shim interposes that version too (plain: SIGSEGV; preloaded shim: exit 0).
+#[test]
+fn preload_interposes_the_old_dlclose_version() {
+    let p = programs();
+    let plugin = path(&p.example_plugin);
+    let mut f = Vec::new();
+    for mode in MODES {
+        let mut plain = scenario(format!("old dlclose plain [{}]", mode.name()), &p.old_dlclose, &[&plugin], mode, Expect::Segv);
+        if mode == Mode::Own {
+            // Without rseqrt nobody registers the threads under rseq=0: nothing would go stale.
+            plain = plain.env("LD_PRELOAD", &path(&p.stage.lib("librseqrt.so")));
+        }
+        f.extend(go(plain));
+        let shim = path(&p.stage.lib("rseqrt/librseqrt_preload.so"));
+        f.extend(go(scenario(format!("old dlclose preload [{}]", mode.name()), &p.old_dlclose, &[&plugin], mode, Expect::Exit(0)).env("LD_PRELOAD", &shim)));
+    }
+    finish("old dlclose version", f);
+}
+
+/// dlclose of an object that alone keeps another loaded through a relocation dependency (not
+/// DT_NEEDED): the barrier covers the other object too.
+#[test]
+fn dlclose_covers_relocation_dependencies() {
+    let p = programs();
+    run_cases("relocation dependencies", &[case("reldep", &[&path(&p.reldep_a), &path(&p.reldep_b)])]);
+}
+
 /// The barrier fits in the smallest thread stack (PTHREAD_STACK_MIN), on its slow paths too.
 #[test]
 fn barrier_runs_on_the_smallest_stack() {

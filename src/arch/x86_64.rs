@@ -173,7 +173,8 @@ pub unsafe fn syscall6(nr: i64, a1: usize, a2: usize, a3: usize, a4: usize, a5: 
 // that both programs linked against glibc 2.36 (which reference e.g. `pthread_create@GLIBC_2.34`)
 // and older ones (`@GLIBC_2.2.5`) reach rseqrt's definition. Each is a jump to the Rust
 // implementation; `.symver` must name a symbol of this same object, hence the thunks. Built only
-// for the C library (`c-library` feature), whose link supplies the version nodes.
+// for the C library (`c-library` feature), whose link supplies the version nodes; the memory
+// calls only for the LD_PRELOAD shim (`preload` feature; see `preload`).
 #[cfg(feature = "c-library")]
 macro_rules! interpose {
     ($($target:literal => [$(($tag:literal, $version:literal)),+]),+ $(,)?) => {
@@ -187,16 +188,31 @@ macro_rules! interpose {
                 concat!(".symver rseqrt_thunk_", $target, "_", $tag, ",", $target, $version),
             )+)+
             ".popsection",
-            ".pushsection .data.rel.ro.rseqrt_interpose,\"aw\",@progbits",
-            ".p2align 3",
-            ".globl rseqrt_pthread_create_entry",
-            ".hidden rseqrt_pthread_create_entry",
-            "rseqrt_pthread_create_entry:",
-            ".quad rseqrt_thunk_pthread_create_v2_34",
-            ".popsection",
             options(att_syntax)
         );
     };
+}
+
+// The address of rseqrt's default `pthread_create` entry, for `pthread_create_entry`.
+#[cfg(feature = "c-library")]
+global_asm!(
+    ".pushsection .data.rel.ro.rseqrt_interpose,\"aw\",@progbits",
+    ".p2align 3",
+    ".globl rseqrt_pthread_create_entry",
+    ".hidden rseqrt_pthread_create_entry",
+    "rseqrt_pthread_create_entry:",
+    ".quad rseqrt_thunk_pthread_create_v2_34",
+    ".popsection",
+    options(att_syntax)
+);
+
+#[cfg(feature = "preload")]
+interpose! {
+    "dlclose" => [("v2_34", "@@GLIBC_2.34"), ("v2_2_5", "@GLIBC_2.2.5")],
+    "munmap" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "mremap" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "mmap" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "mmap64" => [("v2_2_5", "@@GLIBC_2.2.5")],
 }
 
 #[cfg(feature = "c-library")]
