@@ -2,11 +2,13 @@
 //!
 //! `dlclose(handle)` may unmap the handle's object and any object that only it kept loaded: its
 //! `DT_NEEDED` dependencies, and objects it bound to at relocation time (glibc's private
-//! `l_reldeps`, which the public link map does not show). The barrier covers the handle's object,
-//! the closure of its `DT_NEEDED` entries (matched by `DT_SONAME`, path, or file name), and every
-//! object loaded after rseqrt's constructor ran (objects loaded at startup are never unloaded):
-//! each contributes the span of its `PT_LOAD` segments. Objects that stay loaded only widen the
-//! barrier. More than `MAX_OBJECTS`: the barrier covers every `rseq_cs` (`clear_all`).
+//! `l_reldeps`, which the public link map does not show). The barrier clears references to the
+//! handle's object and the closure of its `DT_NEEDED` entries (matched by `DT_SONAME`, path, or
+//! file name); for every other object loaded after rseqrt's constructor ran (objects loaded at
+//! startup are never unloaded), which may or may not go, it makes sure that each thread's kernel
+//! has looked at the `rseq_cs` it held (see `barrier::clear_with_possible`), so that threads
+//! using those objects meanwhile are not waited for. Each object contributes the span of its
+//! `PT_LOAD` segments. More than `MAX_OBJECTS`: the barrier covers every `rseq_cs`.
 //!
 //! The link maps are read inside a `dl_iterate_phdr()` callback, which holds the dynamic
 //! linker's lock, so no other thread's `dlclose()` can free one while it is read.
@@ -59,34 +61,50 @@ pub fn munmap(addr: *mut c_void, len: usize) -> Result<(), Errno> {
 
 /// What `dlclose(handle)` may unmap.
 enum Unmaps {
-    /// The spans of the first `n` objects in the output array.
-    Objects(usize),
+    /// Spans of objects: the first `certain` will go with the handle (its object and the
+    /// `DT_NEEDED` closure); the next `possible` only may (objects loaded after startup).
+    Objects { certain: usize, possible: usize },
     /// Too many objects (or dependencies) to list: treat it as everything.
     Everything,
     /// Not a handle of a loaded object: `dlclose()` will fail and unmap nothing.
     Nothing,
 }
 
+/// The candidate objects' load addresses, certain ones first.
+struct Candidates {
+    addrs: [usize; MAX_OBJECTS],
+    certain: usize,
+    total: usize,
+}
+
 /// State of the walk inside `dl_iterate_phdr`'s callback.
 struct Walk<'a> {
     handle: *const LinkMap,
-    /// Load addresses of the candidate objects; `None` until the first callback computed them.
-    candidates: Option<Result<([usize; MAX_OBJECTS], usize), Unmaps>>,
-    out: &'a mut [Range; MAX_OBJECTS],
-    found: usize,
+    /// `None` until the first callback computed them.
+    candidates: Option<Result<Candidates, Unmaps>>,
+    /// Spans, in the order of `Candidates::addrs` (empty where an object has none).
+    spans: &'a mut [Range; MAX_OBJECTS],
 }
 
-/// The ranges `dlclose(handle)` may unmap.
+/// The ranges `dlclose(handle)` may unmap: `certain` ones first, then `possible` ones, packed
+/// into `out`.
 fn dlclose_ranges(handle: *mut c_void, out: &mut [Range; MAX_OBJECTS]) -> Unmaps {
-    let mut walk = Walk { handle: handle as *const LinkMap, candidates: None, out, found: 0 };
+    let mut spans = [Range { start: 0, end: 0 }; MAX_OBJECTS];
+    let mut walk = Walk { handle: handle as *const LinkMap, candidates: None, spans: &mut spans };
     // SAFETY: `visit` only reads what it is handed and the loader's lists (under the loader's
     // lock, which dl_iterate_phdr holds around every callback); `walk` outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk).cast()) };
-    match walk.candidates {
-        Some(Ok(_)) => Unmaps::Objects(walk.found),
-        Some(Err(verdict)) => verdict,
-        None => Unmaps::Nothing,
+    let c = match walk.candidates {
+        Some(Ok(c)) => c,
+        Some(Err(verdict)) => return verdict,
+        None => return Unmaps::Nothing,
+    };
+    let (mut certain, mut possible) = (0, 0);
+    for (i, span) in spans[..c.total].iter().enumerate().filter(|(_, s)| s.start < s.end) {
+        out[certain + possible] = *span;
+        if i < c.certain { certain += 1 } else { possible += 1 }
     }
+    Unmaps::Objects { certain, possible }
 }
 
 /// `dl_iterate_phdr` callback: on the first object, decides the candidates; on every object,
@@ -96,11 +114,9 @@ unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *m
     let (walk, info) = unsafe { (&mut *(data as *mut Walk), &*info) };
     // SAFETY: called under the loader's lock (see `dlclose_ranges`).
     let candidates = walk.candidates.get_or_insert_with(|| unsafe { candidates(walk.handle) });
-    let Ok((addrs, n)) = candidates else { return 1 };
+    let Ok(c) = candidates else { return 1 };
     let addr = info.dlpi_addr as usize;
-    if !addrs[..*n].contains(&addr) || walk.found == MAX_OBJECTS {
-        return 0;
-    }
+    let Some(slot) = c.addrs[..c.total].iter().position(|&a| a == addr) else { return 0 };
     let mut span = Range { start: usize::MAX, end: 0 };
     for i in 0..info.dlpi_phnum as usize {
         // SAFETY: `dlpi_phdr` has `dlpi_phnum` entries.
@@ -112,17 +128,16 @@ unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *m
         }
     }
     if span.start < span.end {
-        walk.out[walk.found] = span;
-        walk.found += 1;
+        walk.spans[slot] = span;
     }
     0
 }
 
-/// The load addresses of the objects `dlclose(handle)` may unmap (see the module comment).
+/// The objects `dlclose(handle)` may unmap (see the module comment).
 ///
 /// # Safety
 /// Call with the loader's lock held.
-unsafe fn candidates(handle: *const LinkMap) -> Result<([usize; MAX_OBJECTS], usize), Unmaps> {
+unsafe fn candidates(handle: *const LinkMap) -> Result<Candidates, Unmaps> {
     // glibc's handles are link maps; look the handle up in the loader's lists before reading
     // through it (dlinfo would hand back any pointer).
     if !crate::elf::is_loaded_object(handle) {
@@ -138,8 +153,22 @@ unsafe fn candidates(handle: *const LinkMap) -> Result<([usize; MAX_OBJECTS], us
     let mut objects = [ptr::null::<LinkMap>(); MAX_OBJECTS];
     let mut count = 0;
     add(&mut objects, &mut count, handle)?;
-    // Everything loaded after startup, in the handle's namespace list (the whole list for a
-    // namespace other than the main one, all of which was loaded later).
+    // Certain: the handle's object and its DT_NEEDED closure.
+    let mut next = 0;
+    while next < count {
+        // SAFETY: every entry is a loaded object of the loader's list, under its lock.
+        let needed = unsafe { needed_names(&*objects[next]) }.ok_or(Unmaps::Everything)?;
+        next += 1;
+        for name in needed.iter().flatten() {
+            // SAFETY: as above.
+            if let Some(dep) = unsafe { find_loaded(handle, name) } {
+                add(&mut objects, &mut count, dep)?;
+            }
+        }
+    }
+    let certain = count;
+    // Possible: everything else loaded after startup in the handle's namespace (the whole list
+    // for a namespace other than the main one, all of which was loaded later).
     let startup_last = STARTUP_LAST.load(Relaxed) as *const LinkMap;
     // SAFETY: the loader's list, under its lock.
     unsafe {
@@ -157,25 +186,12 @@ unsafe fn candidates(handle: *const LinkMap) -> Result<([usize; MAX_OBJECTS], us
             m = (*m).l_next;
         }
     }
-    // The DT_NEEDED closure (covers dependencies loaded before rseqrt itself was).
-    let mut next = 0;
-    while next < count {
-        // SAFETY: every entry is a loaded object of the loader's list, under its lock.
-        let needed = unsafe { needed_names(&*objects[next]) }.ok_or(Unmaps::Everything)?;
-        next += 1;
-        for name in needed.iter().flatten() {
-            // SAFETY: as above.
-            if let Some(dep) = unsafe { find_loaded(handle, name) } {
-                add(&mut objects, &mut count, dep)?;
-            }
-        }
-    }
     let mut addrs = [0usize; MAX_OBJECTS];
     for (a, m) in addrs.iter_mut().zip(&objects[..count]) {
         // SAFETY: as above.
         *a = unsafe { (**m).l_addr };
     }
-    Ok((addrs, count))
+    Ok(Candidates { addrs, certain, total: count })
 }
 
 /// `dlclose()` after the barrier over every object it may unmap. A handle that is not a loaded
@@ -188,7 +204,9 @@ unsafe fn candidates(handle: *const LinkMap) -> Result<([usize; MAX_OBJECTS], us
 pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
     let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
     match dlclose_ranges(handle, &mut ranges) {
-        Unmaps::Objects(n) => barrier::clear(&ranges[..n], 0)?,
+        Unmaps::Objects { certain, possible } => {
+            barrier::clear_with_possible(&ranges[..certain], &ranges[certain..certain + possible], 0)?
+        }
         Unmaps::Everything => barrier::clear_all(0)?,
         Unmaps::Nothing => {}
     }

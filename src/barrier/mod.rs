@@ -40,6 +40,7 @@
 //! Allocation: none, ever (the `munmap` path depends on it; glibc's malloc calls `munmap` with
 //! its locks held). Locks: none of the C library's, except glibc's thread-list lock in UNKNOWN.
 
+mod acked;
 mod broadcast;
 mod descriptor;
 mod unknown;
@@ -89,15 +90,25 @@ fn read_cs(area: *mut RseqrtArea) -> u64 {
 
 /// Clears every `rseq_cs` that refers to any of `ranges` (all of them for [`clear_all`]).
 pub fn clear(ranges: &[Range], flags: u32) -> Result<(), Errno> {
-    run(Target::Ranges(ranges), flags)
+    run(Target::Ranges(ranges), &[], flags)
 }
 
 /// Clears every thread's `rseq_cs`: the per-process "rseq-clear" of the seed discussion.
 pub fn clear_all(flags: u32) -> Result<(), Errno> {
-    run(Target::All, flags)
+    run(Target::All, &[], flags)
 }
 
-fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
+/// [`clear`] over `ranges`, which will be freed, plus `possible`, which only may be (objects a
+/// `dlclose()` unloads only if nothing else holds them, which the public link map cannot tell).
+/// A thread that keeps entering critical sections in `possible` memory is using it, so for those
+/// ranges the barrier only makes sure that every `rseq_cs` held when it began has been looked at
+/// by its thread's kernel (a signal round with acknowledgements, see `acked`), instead of waiting
+/// for the field to stop referring to them.
+pub fn clear_with_possible(ranges: &[Range], possible: &[Range], flags: u32) -> Result<(), Errno> {
+    run(Target::Ranges(ranges), possible, flags)
+}
+
+fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> {
     if flags & !SIGNAL_SAFE != 0 {
         return Err(Errno(libc::EINVAL));
     }
@@ -110,7 +121,9 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
         return Ok(());
     }
     let mut classify = Classifier::new(target);
+    let mut classify_possible = Classifier::new(Target::Ranges(possible));
     clear_own(&mut classify);
+    clear_own(&mut classify_possible);
     // The clock is read only once a thread needs chasing: the common call costs no system call
     // but the unknown-thread check.
     let deadline = core::cell::Cell::new(None::<u64>);
@@ -138,6 +151,18 @@ fn run(target: Target<'_>, flags: u32) -> Result<(), Errno> {
         if left > 0 {
             signal_and_wait(&mut pending[..left], &mut classify, deadline, flags)?;
         }
+    }
+    if !possible.is_empty() {
+        let me = state::current_area();
+        let mut rounds = acked::Rounds::new(true, flags, &deadline_ns);
+        let mut result = Ok(());
+        guard.for_each_live(|tid, area| {
+            if result.is_ok() && area != me && !area.is_null() && classify_possible.refers(read_cs(area)) {
+                result = rounds.push(tid);
+            }
+        });
+        result?;
+        rounds.flush()?;
     }
     unknown::cover(&guard, owner, flags, late, deadline_ns)
 }

@@ -15,6 +15,7 @@
 //! Guarantees: allocation-free (fixed arrays on the stack); async-signal-safe except the glibc
 //! broadcast, which `SIGNAL_SAFE` callers never reach (they get EAGAIN).
 
+use super::acked::Rounds;
 use super::{broadcast, SIGNAL_SAFE};
 use crate::platform::{self, Errno};
 use crate::registry::{self, ReadGuard};
@@ -24,9 +25,6 @@ use crate::state::Owner;
 /// Known thread ids kept in a small open-addressed table for the lookup (1 KiB of stack);
 /// beyond it, ids not found there are looked up in the registry itself.
 const KNOWN_CELLS: usize = 256;
-/// Unknown threads handled per round.
-const ROUND: usize = 64;
-const RESEND_NS: u64 = 10_000_000;
 
 /// Makes every thread the registry does not know take a signal, or fails without freeing.
 ///
@@ -47,8 +45,7 @@ pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, all_unknown: bool, dea
 
     let me = platform::gettid();
     let mut blocked_seen = false;
-    let mut round = [0i32; ROUND];
-    let mut n = 0;
+    let mut rounds = Rounds::new(false, flags, &deadline);
     let mut result = Ok(());
     platform::for_each_thread(|tid| {
         if result.is_err() || tid == me || is_known(tid) {
@@ -59,19 +56,11 @@ pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, all_unknown: bool, dea
             Err(Errno(libc::ENOENT | libc::ESRCH)) => {} // gone already
             // Accepts the signal, or could not be inspected (out of descriptors, ...): signal it;
             // one that is gone answers ESRCH, one that blocks it makes the round time out.
-            _ => {
-                // One round never holds two threads that share an acknowledgement cell.
-                if n == ROUND || round[..n].iter().any(|&t| signal::ack_cell(t) == signal::ack_cell(tid)) {
-                    result = signal_round(&round[..n], &deadline);
-                    n = 0;
-                }
-                round[n] = tid;
-                n += 1;
-            }
+            _ => result = rounds.push(tid),
         }
     })?;
     result?;
-    signal_round(&round[..n], &deadline)?;
+    rounds.flush()?;
     if blocked_seen && owner == Owner::Libc {
         if flags & SIGNAL_SAFE != 0 {
             return Err(Errno(libc::EAGAIN));
@@ -112,42 +101,4 @@ fn registry_has(guard: &ReadGuard, tid: i32) -> bool {
     let mut found = false;
     guard.for_each_live(|t, _| found |= t == tid);
     found
-}
-
-/// Signals each thread of `tids` and waits until each has acknowledged (or is gone).
-fn signal_round(tids: &[i32], deadline: &impl Fn() -> u64) -> Result<(), Errno> {
-    if tids.is_empty() {
-        return Ok(());
-    }
-    let sig = signal::reserved();
-    if sig == 0 {
-        return Err(Errno(libc::ENOSYS));
-    }
-    let pid = platform::getpid();
-    let generation = signal::next_ack_generation();
-    let mut done = [false; ROUND];
-    loop {
-        for (i, &tid) in tids.iter().enumerate() {
-            if !done[i] && platform::tgkill(pid, tid, sig) == Err(Errno(libc::ESRCH)) {
-                done[i] = true;
-            }
-        }
-        let resend_at = platform::monotonic_ns() + RESEND_NS;
-        loop {
-            for (i, &tid) in tids.iter().enumerate() {
-                done[i] = done[i] || signal::acknowledged(tid, generation);
-            }
-            if done[..tids.len()].iter().all(|&d| d) {
-                return Ok(());
-            }
-            let now = platform::monotonic_ns();
-            if now >= deadline() {
-                return Err(Errno(libc::ETIMEDOUT));
-            }
-            if now >= resend_at {
-                break;
-            }
-            platform::sched_yield();
-        }
-    }
 }
