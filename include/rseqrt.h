@@ -172,15 +172,22 @@ int rseqrt_clear_all(unsigned int flags);
  errno, and the handle still open, when the barrier fails.
 
  Spec: <https://man7.org/linux/man-pages/man3/dlclose.3.html>
+
+ # Safety
+ As for `dlclose(3)`: `handle` must not be used afterwards, nor anything the object defined.
  */
 int rseqrt_dlclose(void *handle);
 
 /*
  `munmap()` after the barrier over `[addr, addr + len)`. Returns 0, or -1 with errno: EINVAL
  as `munmap()` gives it (unaligned address, zero length), or the barrier's error, in which
- case nothing was unmapped. Allocates nothing and takes no lock that malloc may hold.
+ case nothing was unmapped. Allocates nothing, and takes no lock unless the barrier needs
+ glibc's broadcast (README).
 
  Spec: <https://man7.org/linux/man-pages/man2/munmap.2.html>
+
+ # Safety
+ As for `munmap(2)`: nothing may use the range afterwards.
  */
 int rseqrt_munmap(void *addr, uintptr_t len);
 

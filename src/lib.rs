@@ -2,7 +2,9 @@
 //!
 //! * Thread-start registration: glibc 2.35+ registers every thread and rseqrt adopts its areas
 //!   ([`Owner::Libc`]); otherwise rseqrt registers its own area in each thread
-//!   ([`Owner::SelfOwned`]) before the thread's start routine runs.
+//!   ([`Owner::SelfOwned`]) before the thread's start routine runs. That is the C library
+//!   (`librseqrt.so`, whose `pthread_create` does it); a Rust program that links this crate
+//!   calls [`register_current_thread`] at the start of each thread it makes.
 //! * glibc's ABI: `__rseq_offset`, `__rseq_size`, `__rseq_flags`, right for every consumer,
 //!   including executables that copy them at relocation time (see [`early`]).
 //! * The rseq-clear barrier ([`clear`], [`clear_all`]) behind `rseqrt_dlclose()` and
@@ -17,10 +19,10 @@ mod arch;
 pub mod barrier;
 pub mod capi;
 mod config;
-pub mod early;
+mod early;
 mod elf;
 mod init;
-pub mod platform;
+mod platform;
 mod preload;
 mod unmap;
 mod real;

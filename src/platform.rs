@@ -32,9 +32,12 @@ macro_rules! sys {
 }
 
 /// `rseq(2)`: register (flags 0) or unregister (`RSEQ_FLAG_UNREGISTER`) an area for this thread.
-pub fn rseq(area: *mut u8, len: u32, flags: u32, sig: u32) -> SysResult<()> {
-    // SAFETY: the kernel validates the area address (EFAULT) and keeps it until unregistration or
-    // thread exit; callers pass thread-lifetime memory (TLS or glibc's struct pthread).
+///
+/// # Safety
+/// A registered area must stay valid, and be written only by this thread and its kernel, until
+/// it is unregistered or the thread exits (thread-lifetime memory: TLS or glibc's struct pthread).
+pub unsafe fn rseq(area: *mut u8, len: u32, flags: u32, sig: u32) -> SysResult<()> {
+    // SAFETY: the kernel validates the address (EFAULT); the caller keeps the area alive.
     unsafe { sys!(libc::SYS_rseq, area, len, flags, sig) }.map(drop)
 }
 
@@ -78,7 +81,10 @@ pub fn open_read(path: &[u8]) -> SysResult<i32> {
 }
 
 /// `read(2)` into `buf`.
-pub fn read(fd: i32, buf: *mut u8, len: usize) -> SysResult<usize> {
+///
+/// # Safety
+/// `buf` must be writable for `len` bytes.
+pub unsafe fn read(fd: i32, buf: *mut u8, len: usize) -> SysResult<usize> {
     // SAFETY: the caller passes a writable buffer of `len` bytes.
     unsafe { sys!(libc::SYS_read, fd, buf, len) }
 }
@@ -124,7 +130,10 @@ pub fn sched_yield() {
 
 /// Copies `len` bytes at `remote` (an address in this process) into `local` with
 /// `process_vm_readv(2)`: an unmapped or unreadable source gives `Err(EFAULT)` instead of a fault.
-pub fn read_own_memory(local: *mut u8, remote: usize, len: usize) -> SysResult<usize> {
+///
+/// # Safety
+/// `local` must be writable for `len` bytes.
+pub unsafe fn read_own_memory(local: *mut u8, remote: usize, len: usize) -> SysResult<usize> {
     let liov = libc::iovec { iov_base: local.cast(), iov_len: len };
     let riov = libc::iovec { iov_base: remote as *mut libc::c_void, iov_len: len };
     // SAFETY: the local buffer is writable for `len` bytes; the kernel checks the remote range.
@@ -193,14 +202,20 @@ fn fstat(fd: i32) -> SysResult<libc::stat> {
 }
 
 /// `mmap(2)` with every argument the caller's.
-pub fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> SysResult<usize> {
+///
+/// # Safety
+/// As for `mmap(2)`: with `MAP_FIXED`, nothing may use what was mapped in the range before.
+pub unsafe fn mmap(addr: usize, len: usize, prot: i32, flags: i32, fd: i32, offset: i64) -> SysResult<usize> {
     // SAFETY: the caller's request, validated by the kernel; the caller owns the consequences of
     // MAP_FIXED as with the C library's mmap.
     unsafe { sys!(libc::SYS_mmap, addr, len, prot, flags, fd, offset) }
 }
 
 /// `mremap(2)` with every argument the caller's.
-pub fn mremap(old: usize, old_size: usize, new_size: usize, flags: i32, new_address: usize) -> SysResult<usize> {
+///
+/// # Safety
+/// As for `mremap(2)`: nothing may use memory the call moves or frees.
+pub unsafe fn mremap(old: usize, old_size: usize, new_size: usize, flags: i32, new_address: usize) -> SysResult<usize> {
     // SAFETY: as for `mmap`.
     unsafe { check(syscall6(libc::SYS_mremap, old, old_size, new_size, flags as usize, new_address, 0)) }
 }
@@ -294,7 +309,8 @@ fn find_sigblk(fd: i32) -> SysResult<u64> {
             buf.copy_within(have - CARRY..have, 0);
             have = CARRY;
         }
-        let n = read(fd, buf[have..].as_mut_ptr(), buf.len() - have)?;
+        // SAFETY: the rest of `buf`, a live local.
+        let n = unsafe { read(fd, buf[have..].as_mut_ptr(), buf.len() - have) }?;
         eof = n == 0;
         have += n;
     }

@@ -23,18 +23,23 @@ use core::ffi::{c_int, c_void};
 
 /// `dlclose(3)`, preceded by the barrier over every object it may unmap.
 #[no_mangle]
-pub extern "C" fn rseqrt_interpose_dlclose(handle: *mut c_void) -> c_int {
-    capi::rseqrt_dlclose(handle)
+pub unsafe extern "C" fn rseqrt_interpose_dlclose(handle: *mut c_void) -> c_int {
+    // SAFETY: the caller's dlclose() contract, forwarded.
+    unsafe { capi::rseqrt_dlclose(handle) }
 }
 
 /// `munmap(2)`, preceded by the barrier over the range.
 #[no_mangle]
-pub extern "C" fn rseqrt_interpose_munmap(addr: *mut c_void, len: usize) -> c_int {
-    capi::rseqrt_munmap(addr, len)
+pub unsafe extern "C" fn rseqrt_interpose_munmap(addr: *mut c_void, len: usize) -> c_int {
+    // SAFETY: the caller's munmap() contract, forwarded.
+    unsafe { capi::rseqrt_munmap(addr, len) }
 }
 
 /// Runs the barrier over `ranges`; on failure sets errno and returns `MAP_FAILED`.
 fn barrier_or_fail(ranges: &[Range]) -> Option<*mut c_void> {
+    if ranges.iter().all(|r| r.start >= r.end) {
+        return None; // nothing is freed (an mremap that grows in place)
+    }
     barrier::clear(ranges, 0).err().map(|Errno(e)| {
         // SAFETY: errno is thread-local.
         unsafe { *libc::__errno_location() = e };
@@ -58,7 +63,7 @@ fn map_result(r: platform::SysResult<usize>) -> *mut c_void {
 /// `mremap(2)`. It is variadic in C; on x86-64 the optional fifth argument arrives in the same
 /// register as a fixed fifth parameter, and the kernel reads it only with `MREMAP_FIXED`.
 #[no_mangle]
-pub extern "C" fn rseqrt_interpose_mremap(old: *mut c_void, old_size: usize, new_size: usize, flags: c_int, new_address: *mut c_void) -> *mut c_void {
+pub unsafe extern "C" fn rseqrt_interpose_mremap(old: *mut c_void, old_size: usize, new_size: usize, flags: c_int, new_address: *mut c_void) -> *mut c_void {
     let old = old as usize;
     // The kernel works in whole pages: a shrink frees from the page after the new end.
     let (old_pages, new_pages) = (page_range(old, old_size), page_range(old, new_size));
@@ -71,22 +76,25 @@ pub extern "C" fn rseqrt_interpose_mremap(old: *mut c_void, old_size: usize, new
     if let Some(failed) = barrier_or_fail(&[freed, target]) {
         return failed;
     }
-    map_result(platform::mremap(old, old_size, new_size, flags, new_address as usize))
+    // SAFETY: the caller's mremap() contract, forwarded.
+    map_result(unsafe { platform::mremap(old, old_size, new_size, flags, new_address as usize) })
 }
 
 /// `mmap64(2)`: the same call on x86-64.
 #[no_mangle]
-pub extern "C" fn rseqrt_interpose_mmap64(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, offset: libc::off_t) -> *mut c_void {
-    rseqrt_interpose_mmap(addr, len, prot, flags, fd, offset)
+pub unsafe extern "C" fn rseqrt_interpose_mmap64(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, offset: libc::off_t) -> *mut c_void {
+    // SAFETY: the caller's mmap() contract, forwarded.
+    unsafe { rseqrt_interpose_mmap(addr, len, prot, flags, fd, offset) }
 }
 
 /// `mmap(2)`; with `MAP_FIXED` (which replaces existing mappings) the barrier runs first.
 #[no_mangle]
-pub extern "C" fn rseqrt_interpose_mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, offset: libc::off_t) -> *mut c_void {
+pub unsafe extern "C" fn rseqrt_interpose_mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, offset: libc::off_t) -> *mut c_void {
     if flags & libc::MAP_FIXED != 0 && flags & libc::MAP_FIXED_NOREPLACE == 0 {
         if let Some(failed) = barrier_or_fail(&[page_range(addr as usize, len)]) {
             return failed;
         }
     }
-    map_result(platform::mmap(addr as usize, len, prot, flags, fd, offset))
+    // SAFETY: the caller's mmap() contract, forwarded.
+    map_result(unsafe { platform::mmap(addr as usize, len, prot, flags, fd, offset) })
 }

@@ -6,12 +6,13 @@
 //! `pthread_setspecific` (no allocation for rseqrt's key, which is created first thing by the
 //! constructor and so falls in glibc's preallocated first block of keys).
 
-use crate::abi::{RseqrtArea, CPU_ID_REGISTRATION_FAILED, CPU_ID_UNINITIALIZED, FLAG_UNREGISTER};
+use crate::abi::{CPU_ID_REGISTRATION_FAILED, CPU_ID_UNINITIALIZED, FLAG_UNREGISTER};
 use crate::platform::{self, SysResult};
 use crate::registry::{self, SlotIndex};
 use crate::state;
 use crate::{arch, thread};
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Registers the calling thread's area (thread pointer + `__rseq_offset`) with the kernel.
 /// Already registered: `Err(EBUSY)`, area untouched. Failure: `cpu_id` reads -2, as in glibc.
@@ -22,7 +23,7 @@ pub fn register_area() -> SysResult<()> {
     unsafe {
         if (read_volatile(addr_of_mut!((*area).cpu_id)) as i32) < 0 {
             // Not registered: give the kernel a clean area to start from, as glibc does.
-            write_volatile(addr_of_mut!((*area).rseq_cs), 0);
+            clear_own_rseq_cs();
             write_volatile(addr_of_mut!((*area).flags), 0);
             write_volatile(addr_of_mut!((*area).cpu_id_start), 0);
             write_volatile(addr_of_mut!((*area).cpu_id), CPU_ID_UNINITIALIZED as u32);
@@ -38,7 +39,8 @@ pub fn register_area() -> SysResult<()> {
 /// Unregisters the calling thread's area; afterwards its `cpu_id` reads -2 again.
 pub fn unregister_area() -> SysResult<()> {
     let area = state::current_area();
-    platform::rseq(area.cast(), state::registration_length(), FLAG_UNREGISTER, arch::RSEQ_SIG)?;
+    // SAFETY: unregistering this thread's own area.
+    unsafe { platform::rseq(area.cast(), state::registration_length(), FLAG_UNREGISTER, arch::RSEQ_SIG) }?;
     // SAFETY: this thread's own area, now unknown to the kernel.
     unsafe { write_volatile(addr_of_mut!((*area).cpu_id), CPU_ID_REGISTRATION_FAILED as u32) };
     Ok(())
@@ -72,9 +74,7 @@ pub fn current_slot() -> Option<SlotIndex> {
 /// registry.
 pub fn retire_current_thread() {
     if current_slot().is_some() {
-        let area = state::current_area();
-        // SAFETY: this thread's own area.
-        unsafe { write_volatile(addr_of_mut!((*area).rseq_cs), 0) };
+        clear_own_rseq_cs();
         let _ = unregister_area();
     }
     forget_current_thread();
@@ -83,17 +83,22 @@ pub fn retire_current_thread() {
 /// Leaves the registry (thread exit or explicit unregistration).
 pub fn forget_current_thread() {
     if let Some(idx) = current_slot() {
-        crate::barrier::before_thread_exit();
+        // A barrier that sees the slot go knows no stale value remains: the thread cleared it.
+        clear_own_rseq_cs();
         // SAFETY: the TLS slot word belongs to this thread.
         unsafe { *arch::tls_slot() = 0 };
         registry::release(idx);
     }
 }
 
-/// The calling thread's area as a typed pointer (for the Rust and C readers).
-#[inline(always)]
-pub fn area() -> *mut RseqrtArea {
-    state::current_area()
+/// Clears the calling thread's own `rseq_cs`. Safe at any time: the thread is in user space, so
+/// its kernel is not reading the descriptor. An atomic store, as barriers in other threads read
+/// the field concurrently.
+pub fn clear_own_rseq_cs() {
+    let area = state::current_area();
+    // SAFETY: this thread's own area, valid for its lifetime in every owner mode; the field is
+    // 8-byte aligned, and other threads only load it atomically.
+    unsafe { AtomicU64::from_ptr(addr_of_mut!((*area).rseq_cs)).store(0, Relaxed) };
 }
 
 /// Runs `f` with the calling thread's area unregistered (when it is registered), then clears the
@@ -107,8 +112,7 @@ pub fn with_own_area_unregistered<R>(f: impl FnOnce() -> R) -> R {
         return f();
     }
     let result = f();
-    // SAFETY: this thread's own area; unregistered, so only this thread writes it.
-    unsafe { write_volatile(addr_of_mut!((*area).rseq_cs), 0) };
+    clear_own_rseq_cs();
     let _ = register_area();
     result
 }

@@ -16,8 +16,9 @@
 //! slot LIVE, so a stream of barriers cannot starve an exiting thread. All operations on the slot
 //! state, the sequence and the cells are sequentially consistent (see [`ReadGuard::new`]).
 //!
-//! Guarantees: every function is async-signal-safe and malloc-free (`mmap` only); only
-//! [`release`] may block, and only while a barrier that started before it is running.
+//! Guarantees: every function is async-signal-safe and malloc-free (`mmap` only). Two may wait:
+//! [`release`], while a barrier that started before it is running, and [`ReadGuard::new`], while
+//! all of its 128 cells are taken by running barriers.
 
 use crate::abi::RseqrtArea;
 use crate::platform;

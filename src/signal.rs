@@ -109,6 +109,7 @@ fn without_reserved(set: *const sigset_t) -> Option<sigset_t> {
     }
     // SAFETY: as above; the copy is ours to edit.
     let mut copy = unsafe { *set };
+    // SAFETY: `copy` is a valid sigset_t and `sig` a valid signal number.
     unsafe { libc::sigdelset(&mut copy, sig) };
     Some(copy)
 }

@@ -32,12 +32,21 @@ pub struct rseq_cs {
 const _: () = {
     ["Size of rseq_cs"][::core::mem::size_of::<rseq_cs>() - 32usize];
     ["Alignment of rseq_cs"][::core::mem::align_of::<rseq_cs>() - 32usize];
-    ["Offset of field: rseq_cs::version"][::core::mem::offset_of!(rseq_cs, version) - 0usize];
-    ["Offset of field: rseq_cs::flags"][::core::mem::offset_of!(rseq_cs, flags) - 4usize];
-    ["Offset of field: rseq_cs::start_ip"][::core::mem::offset_of!(rseq_cs, start_ip) - 8usize];
-    ["Offset of field: rseq_cs::post_commit_offset"]
-        [::core::mem::offset_of!(rseq_cs, post_commit_offset) - 16usize];
-    ["Offset of field: rseq_cs::abort_ip"][::core::mem::offset_of!(rseq_cs, abort_ip) - 24usize];
+    [
+        "Offset of field: rseq_cs::version",
+    ][::core::mem::offset_of!(rseq_cs, version) - 0usize];
+    [
+        "Offset of field: rseq_cs::flags",
+    ][::core::mem::offset_of!(rseq_cs, flags) - 4usize];
+    [
+        "Offset of field: rseq_cs::start_ip",
+    ][::core::mem::offset_of!(rseq_cs, start_ip) - 8usize];
+    [
+        "Offset of field: rseq_cs::post_commit_offset",
+    ][::core::mem::offset_of!(rseq_cs, post_commit_offset) - 16usize];
+    [
+        "Offset of field: rseq_cs::abort_ip",
+    ][::core::mem::offset_of!(rseq_cs, abort_ip) - 24usize];
 };
 #[repr(C)]
 #[repr(align(32))]
@@ -52,7 +61,9 @@ pub struct rseq {
 const _: () = {
     ["Size of rseq"][::core::mem::size_of::<rseq>() - 32usize];
     ["Alignment of rseq"][::core::mem::align_of::<rseq>() - 32usize];
-    ["Offset of field: rseq::cpu_id_start"][::core::mem::offset_of!(rseq, cpu_id_start) - 0usize];
+    [
+        "Offset of field: rseq::cpu_id_start",
+    ][::core::mem::offset_of!(rseq, cpu_id_start) - 0usize];
     ["Offset of field: rseq::cpu_id"][::core::mem::offset_of!(rseq, cpu_id) - 4usize];
     ["Offset of field: rseq::rseq_cs"][::core::mem::offset_of!(rseq, rseq_cs) - 8usize];
     ["Offset of field: rseq::flags"][::core::mem::offset_of!(rseq, flags) - 16usize];

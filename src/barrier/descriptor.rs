@@ -78,7 +78,8 @@ fn descriptor_refers(addr: usize, ranges: &[Range]) -> bool {
         return true;
     }
     let mut cs = MaybeUninit::<rseq_cs>::uninit();
-    match platform::read_own_memory(cs.as_mut_ptr().cast(), addr, size) {
+    // SAFETY: `cs` is a live local of `size` bytes.
+    match unsafe { platform::read_own_memory(cs.as_mut_ptr().cast(), addr, size) } {
         Ok(n) if n == size => {}
         _ => return true,
     }

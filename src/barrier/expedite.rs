@@ -15,8 +15,9 @@ const CMD_QUERY: i32 = 0;
 const CMD_PRIVATE_EXPEDITED_RSEQ: i32 = 1 << 7;
 const CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ: i32 = 1 << 8;
 
-/// Pid of the process that registered (0: not yet; -1: unavailable in that process).
+/// Pid of the process that registered (0: not yet).
 static REGISTERED_PID: AtomicI32 = AtomicI32::new(0);
+/// Pid of the process in which the kernel refused (0: none).
 static UNAVAILABLE_PID: AtomicI32 = AtomicI32::new(0);
 
 /// Whether this process can use the RSEQ membarrier command (registering on first use).

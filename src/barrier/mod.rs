@@ -38,7 +38,8 @@
 //! From a signal handler: pass [`SIGNAL_SAFE`]; everything is then async-signal-safe and
 //! allocation-free, and the call fails with `EAGAIN` where it would need glibc's broadcast.
 //! Allocation: none, ever (the `munmap` path depends on it; glibc's malloc calls `munmap` with
-//! its locks held). Locks: none of the C library's, except glibc's thread-list lock in UNKNOWN.
+//! its locks held). Locks: none of the C library's, except glibc's thread-list lock when the
+//! broadcast runs (BROADCAST, and UNKNOWN threads that block the signal).
 
 mod acked;
 mod broadcast;
@@ -54,7 +55,7 @@ use crate::platform::{self, Errno};
 use crate::registry::ReadGuard;
 use crate::state::{self, Owner};
 use crate::{config, registration, signal};
-use core::ptr::{addr_of_mut, write_volatile};
+use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Flag: the caller may be a signal handler; use only async-signal-safe steps.
@@ -84,7 +85,7 @@ struct Suspect {
 fn read_cs(area: *mut RseqrtArea) -> u64 {
     // SAFETY: areas come from LIVE registry slots read under a ReadGuard, so their threads cannot
     // finish exiting (and free the area) while the barrier runs; the field is 8-byte aligned, and
-    // every access to it from Rust is atomic or by its own thread.
+    // rseqrt stores to it only atomically (`registration::clear_own_rseq_cs`).
     unsafe { AtomicU64::from_ptr(addr_of_mut!((*area).rseq_cs)).load(Relaxed) }
 }
 
@@ -173,8 +174,7 @@ fn clear_own(classify: &mut Classifier<'_>) {
     let area = state::current_area();
     let mine = read_cs(area);
     if classify.refers(mine) {
-        // SAFETY: the calling thread's own area.
-        unsafe { write_volatile(addr_of_mut!((*area).rseq_cs), 0) };
+        registration::clear_own_rseq_cs();
     }
 }
 
@@ -268,12 +268,4 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             }
         }
     }
-}
-
-/// Called from the exit hook of a registered thread, before it leaves the registry: the thread
-/// clears its own field, so a barrier that sees its slot gone knows no stale value remains.
-pub fn before_thread_exit() {
-    let area = registration::area();
-    // SAFETY: the calling thread's own area.
-    unsafe { write_volatile(addr_of_mut!((*area).rseq_cs), 0) };
 }

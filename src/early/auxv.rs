@@ -24,7 +24,7 @@ pub fn rseq_features() -> RseqFeatures {
     let mut filled = 0usize;
     while filled < WORDS * 8 {
         // SAFETY: `base + filled` stays inside the buffer; `read` writes at most the rest of it.
-        match platform::read(fd, unsafe { base.add(filled) }, WORDS * 8 - filled) {
+        match unsafe { platform::read(fd, base.add(filled), WORDS * 8 - filled) } {
             Ok(0) | Err(_) => break,
             Ok(n) => filled += n,
         }

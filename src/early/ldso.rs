@@ -68,8 +68,8 @@ pub fn glibc_rseq_exports() -> Option<GlibcRseq> {
 /// # Safety
 /// `m` must be a loaded object whose dynamic section and symbol tables are mapped.
 unsafe fn lookup(m: &LinkMap, name: &[u8]) -> Option<usize> {
-    // SAFETY (whole function): the caller guarantees the tables are mapped; every index used below
-    // comes from the object's own hash tables.
+    // SAFETY: the caller guarantees the tables are mapped; every index used below comes from the
+    // object's own hash tables (this block is the whole function).
     unsafe {
         let symtab = m.dyn_ptr(DT_SYMTAB).unwrap_or(0) as *const Elf64Sym;
         let strtab = m.dyn_ptr(DT_STRTAB).unwrap_or(0) as *const u8;

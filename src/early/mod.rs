@@ -71,6 +71,7 @@ fn self_area_length(kernel: auxv::RseqFeatures) -> u32 {
 /// is not registered answers EINVAL when rseq exists; anything else (ENOSYS from an old kernel,
 /// ENOSYS or EPERM from a seccomp filter) means rseqrt could not register. It changes nothing.
 fn kernel_has_rseq() -> bool {
-    platform::rseq(core::ptr::null_mut(), ORIGINAL_AREA_LENGTH, crate::abi::FLAG_UNREGISTER, arch::RSEQ_SIG)
-        == Err(Errno(libc::EINVAL))
+    // SAFETY: an unregister request for no area registers nothing.
+    let probe = unsafe { platform::rseq(core::ptr::null_mut(), ORIGINAL_AREA_LENGTH, crate::abi::FLAG_UNREGISTER, arch::RSEQ_SIG) };
+    probe == Err(Errno(libc::EINVAL))
 }
