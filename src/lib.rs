@@ -40,22 +40,30 @@ use core::mem::offset_of;
 use core::ptr::{addr_of, read_volatile, NonNull};
 
 /// Who registered this process's rseq areas.
+///
+/// Spec: <https://sourceware.org/glibc/manual/latest/html_node/Restartable-Sequences.html>
 pub fn owner() -> Owner {
     state::owner()
 }
 
 /// The calling thread's rseq area (thread pointer + `__rseq_offset`); `None` when rseq is
 /// unavailable. Its `cpu_id` reads -2 in a thread that is not registered.
+///
+/// Spec: <https://sourceware.org/glibc/manual/latest/html_node/Restartable-Sequences.html>
 pub fn area() -> Option<NonNull<RseqrtArea>> {
     (owner() != Owner::None).then(|| NonNull::new(state::current_area())).flatten()
 }
 
 /// Length of each registered area, as passed to `rseq(2)`.
+///
+/// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 pub fn area_length() -> u32 {
     state::registration_length()
 }
 
 /// The kernel's rseq feature size (`AT_RSEQ_FEATURE_SIZE`; 20 when the kernel does not report it).
+///
+/// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 pub fn kernel_feature_size() -> u32 {
     match state::kernel_feature_size() {
         0 => abi::ORIGINAL_FEATURE_SIZE,
@@ -82,6 +90,8 @@ fn registered_field(offset: usize, needs: u32) -> Option<u32> {
 
 /// The CPU the calling thread runs on: the kernel-maintained `cpu_id`, or `getcpu(2)` when the
 /// thread is not registered.
+///
+/// Spec: <https://man7.org/linux/man-pages/man3/sched_getcpu.3.html>
 #[inline]
 pub fn current_cpu() -> Result<u32, Errno> {
     match registered_field(offset_of!(RseqrtArea, cpu_id), 0) {
@@ -91,6 +101,8 @@ pub fn current_cpu() -> Result<u32, Errno> {
 }
 
 /// The NUMA node of the calling thread's CPU.
+///
+/// Spec: <https://man7.org/linux/man-pages/man2/getcpu.2.html>
 pub fn current_node() -> Result<u32, Errno> {
     match registered_field(offset_of!(RseqrtArea, node_id), abi::NODE_ID_FEATURE_SIZE) {
         Some(node) => Ok(node),
@@ -100,6 +112,8 @@ pub fn current_node() -> Result<u32, Errno> {
 
 /// The calling thread's memory-map concurrency id (`mm_cid`): `Err(ENOSYS)` when the kernel does
 /// not provide it or the thread is not registered.
+///
+/// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 pub fn current_mm_cid() -> Result<u32, Errno> {
     registered_field(offset_of!(RseqrtArea, mm_cid), abi::MM_CID_FEATURE_SIZE).ok_or(Errno(libc::ENOSYS))
 }
@@ -108,6 +122,8 @@ pub fn current_mm_cid() -> Result<u32, Errno> {
 /// rseqrt's thread registry. `Err(EBUSY)` when it was already registered (it still enters the
 /// registry); `Err(EOPNOTSUPP)` when rseqrt was loaded too late to own registration (owner NONE);
 /// otherwise the kernel's error.
+///
+/// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 pub fn register_current_thread() -> Result<(), Errno> {
     if let Some(reason) = state::none_reason() {
         return Err(reason); // rseqrt cannot own registration in this process (see `owner`)
@@ -122,6 +138,8 @@ pub fn register_current_thread() -> Result<(), Errno> {
 }
 
 /// Unregisters the calling thread's area and removes the thread from the registry.
+///
+/// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 pub fn unregister_current_thread() -> Result<(), Errno> {
     registration::unregister_area()?;
     registration::forget_current_thread();
@@ -129,6 +147,8 @@ pub fn unregister_current_thread() -> Result<(), Errno> {
 }
 
 /// The reserved real-time signal the barrier uses (`RSEQRT_SIGNAL`), or 0 if none could be set up.
+///
+/// Spec: <https://man7.org/linux/man-pages/man7/signal.7.html>
 pub fn reserved_signal() -> i32 {
     signal::reserved()
 }
