@@ -38,140 +38,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "crash_common.h"
-#include "rseq_cs.h"
-#include <rseqrt.h>
+#include "test_common.h" /* crash_common.h, rseq_cs.h, <rseqrt.h> and the shared helpers */
 
 /* ------------------------------------------------------------------ helpers */
-
-static long counters[4096];
-static size_t pagesz;
-static int use_rseqrt; /* METHOD rseqrt */
-static const char *scenario;
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("FAIL %s: ", scenario);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    _exit(1);
-}
-
-static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-static void die(int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s: ", scenario);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    _exit(code);
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    char msg[600];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (!ok)
-        fail("%s", msg);
-    printf("ok   %s\n", msg);
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(double ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)((ms - (time_t)(ms / 1000) * 1000) * 1e6)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static pid_t gettid_(void) { return (pid_t)syscall(SYS_gettid); }
-
-/* Scheduler state of a thread of this process ('S' sleeping, 'R' running, ...). */
-static char thread_state(pid_t tid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return '?';
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return '?';
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    return p && p[1] && p[2] ? p[2] : '?';
-}
-
-static void wait_sleeping(pid_t tid, const char *what)
-{
-    double t0 = now_ms();
-    while (thread_state(tid) != 'S') {
-        if (now_ms() - t0 > 5000)
-            die(2, "%s (tid %d) did not block within 5 s (state %c)", what, tid, thread_state(tid));
-        sleep_ms(0.2);
-    }
-}
-
-/* A /proc/self/task/TID/status mask line ("SigBlk", "SigCgt", ...) as a number. */
-static unsigned long long status_mask(pid_t tid, const char *field)
-{
-    char path[64], buf[4096];
-    if (tid)
-        snprintf(path, sizeof path, "/proc/self/task/%d/status", tid);
-    else
-        snprintf(path, sizeof path, "/proc/self/status");
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        die(2, "open %s: %s", path, strerror(errno));
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        die(2, "read %s", path);
-    buf[n] = 0;
-    char key[32];
-    snprintf(key, sizeof key, "\n%s:", field);
-    char *p = strstr(buf, key);
-    if (!p)
-        die(2, "no %s in %s", field, path);
-    return strtoull(p + strlen(key), NULL, 16);
-}
-
-static int has_sig(unsigned long long mask, int sig) { return (mask >> (sig - 1)) & 1; }
-
-static void *map_pages(size_t n)
-{
-    void *p = mmap(NULL, n * pagesz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        die(2, "mmap: %s", strerror(errno));
-    return p;
-}
-
-/* A page holding a copy of this program's descriptor (its code stays in .text). */
-static struct rseq_cs_desc *desc_page(void)
-{
-    struct rseq_cs_desc *d = map_pages(1);
-    memcpy(d, rseq_cs_own_desc(), sizeof *d);
-    return d;
-}
 
 /* Frees with the scenario's method; any failure ends the run. */
 static void free_range(void *p, size_t len, const char *what)
@@ -180,19 +49,6 @@ static void free_range(void *p, size_t len, const char *what)
     if (rc != 0)
         fail("%s %s(%p, %zu) = %d, errno %d (%s)", what, use_rseqrt ? "rseqrt_munmap" : "munmap", p,
              len, rc, errno, strerror(errno));
-}
-
-static int refers(uint64_t cs, const void *p, size_t len)
-{
-    return cs >= (uintptr_t)p && cs < (uintptr_t)p + len;
-}
-
-/* Raw rt_sigprocmask: bypasses every interposer (rseqrt's keeps the reserved
- * signal deliverable; this does not). Blocks all but glibc's 32 and 33. */
-static void raw_block_all_but_glibc(void)
-{
-    unsigned long long set = ~0ULL & ~(1ULL << 31) & ~(1ULL << 32);
-    syscall(SYS_rt_sigprocmask, SIG_BLOCK, &set, NULL, 8);
 }
 
 /* ------------------------------------------------------------ stale threads */
@@ -743,9 +599,7 @@ static void sc_sighandler_timer(void)
     if (pipe(timer_pipe) != 0)
         die(2, "pipe");
     timer_t timer;
-    const char *failed = crash_start_timer_thread(timer_cb, &timer);
-    if (failed)
-        die(2, "%s: %s", failed, strerror(errno));
+    start_timer_thread(timer_cb, &timer);
     double t0 = now_ms();
     while (atomic_load(&timer_ready) == 0) {
         if (now_ms() - t0 > 5000)
@@ -775,12 +629,7 @@ static void sc_sighandler_timer(void)
     }
     if (write(timer_pipe[1], "x", 1) != 1)
         die(2, "write");
-    t0 = now_ms();
-    while (atomic_load(&timer_ready) != 2) {
-        if (now_ms() - t0 > 5000)
-            fail("timer callback did not finish");
-        sleep_ms(1);
-    }
+    wait_value(&timer_ready, 2, 1, "timer callback did not finish");
     sleep_ms(10);
     printf("survived\n");
 }
@@ -1553,16 +1402,7 @@ static const struct scenario scenarios[] = {
 
 int main(int argc, char **argv)
 {
-    crash_setup();
-    pagesz = (size_t)sysconf(_SC_PAGESIZE);
-    if (argc < 3 || (strcmp(argv[2], "rseqrt") && strcmp(argv[2], "plain"))) {
-        fprintf(stderr, "usage: %s SCENARIO rseqrt|plain [ARG]\n", argv[0]);
-        return 2;
-    }
-    scenario = argv[1];
-    use_rseqrt = !strcmp(argv[2], "rseqrt");
-    printf("%s %s: rseqrt_owner=%d signal=%d main cpu_id=%d\n", argv[1], argv[2], rseqrt_owner(), rseqrt_signal(),
-           (int32_t)rseq_cs_area()->cpu_id);
+    cases_start(argc, argv, "[ARG]");
     const char *arg = argc > 3 ? argv[3] : NULL;
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         const struct scenario *sc = &scenarios[i];

@@ -27,22 +27,6 @@
 #include "rseq_cs.h"
 
 static long counters[4096];
-static struct rseq_cs_desc *_Atomic desc;
-static int wake[2];
-static atomic_int ready, done, unregistered;
-
-static void *stale(void *arg)
-{
-    (void)arg;
-    if (rseq_cs_run(counters, atomic_load(&desc), rseq_cs_own_code()) < 0)
-        atomic_store(&unregistered, 1);
-    atomic_store(&ready, 1);
-    char b;
-    while (read(wake[0], &b, 1) < 0 && errno == EINTR)
-        ;
-    atomic_store(&done, 1);
-    return NULL;
-}
 
 int main(int argc, char **argv)
 {
@@ -50,14 +34,10 @@ int main(int argc, char **argv)
     if (argc != 3)
         return 2;
     const char *op = argv[1];
-    int preload = !strcmp(argv[2], "preload");
     size_t ps = (size_t)sysconf(_SC_PAGESIZE);
-    const char *fn = !strncmp(op, "mremap", 6) ? "mremap" : "mmap";
-    printf("%s %s: %s is provided by %s\n", op, argv[2], fn, crash_provider(fn));
-    if (preload && !strstr(crash_provider(fn), "rseqrt")) {
-        printf("preload not in effect\n");
-        return 8;
-    }
+    int rc = crash_preload_check(op, argv[2], !strncmp(op, "mremap", 6) ? "mremap" : "mmap");
+    if (rc)
+        return rc;
     /* Reserve 3 pages; the descriptor's page is the middle one (the 3rd blocks growth). */
     char *r = mmap(NULL, 3 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     char *target = mmap(NULL, 2 * ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -67,18 +47,10 @@ int main(int argc, char **argv)
     if (!strcmp(op, "mremap-grow"))
         page = r + ps, munmap(r, ps); /* page, then the 3rd page right after it */
     memcpy(page, rseq_cs_own_desc(), sizeof(struct rseq_cs_desc));
-    atomic_store(&desc, (struct rseq_cs_desc *)page);
-    if (pipe(wake) != 0)
-        return 2;
-    pthread_t t;
-    pthread_create(&t, NULL, stale, NULL);
-    while (!atomic_load(&ready))
-        ;
-    if (atomic_load(&unregistered)) {
-        printf("stale thread has no registered rseq area\n");
-        return 3;
-    }
-    usleep(2000);
+    struct crash_stale st;
+    rc = crash_stale_start(&st, counters, (struct rseq_cs_desc *)page);
+    if (rc)
+        return rc;
     void *res;
     if (!strcmp(op, "mremap-move")) {
         res = mremap(page, ps, ps, MREMAP_MAYMOVE | MREMAP_FIXED, target);
@@ -101,9 +73,5 @@ int main(int argc, char **argv)
         return 2;
     }
     printf("%s done; waking the stale thread\n", op);
-    if (write(wake[1], "x", 1) != 1)
-        return 2;
-    pthread_join(t, NULL);
-    printf("survived\n");
-    return 0;
+    return crash_stale_finish(&st);
 }

@@ -46,141 +46,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "crash_common.h"
-#include "rseq_cs.h"
-#include <rseqrt.h>
+#include "test_common.h" /* crash_common.h, rseq_cs.h, <rseqrt.h> and the shared helpers */
 
 /* ------------------------------------------------------------------ helpers */
-
-static long counters[4096];
-static size_t pagesz;
-static int use_rseqrt;
-static const char *scenario;
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("FAIL %s: ", scenario);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    _exit(1);
-}
-
-static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
-static void die(int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s: ", scenario);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    _exit(code);
-}
-
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...)
-{
-    char msg[600];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (!ok)
-        fail("%s", msg);
-    printf("ok   %s\n", msg);
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void sleep_ms(double ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)((ms - (time_t)(ms / 1000) * 1000) * 1e6)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static pid_t gettid_(void) { return (pid_t)syscall(SYS_gettid); }
-
-static char thread_state(pid_t tid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/self/task/%d/stat", tid);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return '?';
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return '?';
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    return p && p[1] && p[2] ? p[2] : '?';
-}
-
-static void wait_sleeping(pid_t tid, const char *what)
-{
-    double t0 = now_ms();
-    while (thread_state(tid) != 'S') {
-        if (now_ms() - t0 > 5000)
-            die(2, "%s (tid %d) did not block within 5 s (state %c)", what, tid, thread_state(tid));
-        sleep_ms(0.2);
-    }
-}
-
-/* A /proc/self/task/TID/status mask line ("SigBlk", ...) as a number. */
-static unsigned long long status_mask(pid_t tid, const char *field)
-{
-    char path[64], buf[4096];
-    snprintf(path, sizeof path, "/proc/self/task/%d/status", tid);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        die(2, "open %s: %s", path, strerror(errno));
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        die(2, "read %s", path);
-    buf[n] = 0;
-    char key[32];
-    snprintf(key, sizeof key, "\n%s:", field);
-    char *p = strstr(buf, key);
-    if (!p)
-        die(2, "no %s in %s", field, path);
-    return strtoull(p + strlen(key), NULL, 16);
-}
-
-static int has_sig(unsigned long long mask, int sig) { return (mask >> (sig - 1)) & 1; }
-
-static void *map_pages(size_t n)
-{
-    void *p = mmap(NULL, n * pagesz, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        die(2, "mmap: %s", strerror(errno));
-    return p;
-}
-
-/* A page holding a copy of this program's descriptor (its code stays in .text). */
-static struct rseq_cs_desc *desc_page(void)
-{
-    struct rseq_cs_desc *d = map_pages(1);
-    memcpy(d, rseq_cs_own_desc(), sizeof *d);
-    return d;
-}
-
-static int refers(uint64_t cs, const void *p, size_t len)
-{
-    return cs >= (uintptr_t)p && cs < (uintptr_t)p + len;
-}
 
 static uint64_t cs_of(struct rseq_cs_area *a)
 {
@@ -191,13 +59,6 @@ static uint64_t cs_of(struct rseq_cs_area *a)
 static int mapped(void *p)
 {
     return msync(p, pagesz, MS_ASYNC) == 0 || errno != ENOMEM;
-}
-
-/* Raw rt_sigprocmask: bypasses rseqrt's interposer. Blocks all but glibc's 32 and 33. */
-static void raw_block_all_but_glibc(void)
-{
-    unsigned long long set = ~0ULL & ~(1ULL << 31) & ~(1ULL << 32);
-    syscall(SYS_rt_sigprocmask, SIG_BLOCK, &set, NULL, 8);
 }
 
 static void *open_plugin(const char *path)
@@ -365,6 +226,38 @@ static void *stale_reader(void *arg)
     return NULL;
 }
 
+/* A copy of this program's descriptor at AT, for stale_reader. */
+static void stale_desc_at(void *at)
+{
+    stale_desc = at;
+    memcpy(stale_desc, rseq_cs_own_desc(), sizeof *stale_desc);
+}
+
+/* Starts FN (stale_reader, or one like it: sets stale_cpu, then stale_ready, then reads
+ * stale_pipe) and waits until it has run its critical section, then 5 ms for it to block.
+ * NEED_AREA: a stale thread without a registered area has nothing to show (exit 3). */
+static pthread_t stale_start(void *(*fn)(void *), int need_area)
+{
+    if (pipe(stale_pipe) != 0)
+        die(2, "pipe");
+    pthread_t t;
+    pthread_create(&t, NULL, fn, NULL);
+    while (!atomic_load(&stale_ready))
+        sched_yield();
+    if (need_area && stale_cpu < 0)
+        die(3, "the stale thread has no registered area");
+    sleep_ms(5);
+    return t;
+}
+
+/* Wakes the stale thread (it returns to user space) and joins it: the process survived. */
+static void stale_finish(pthread_t t)
+{
+    write_byte(stale_pipe[1]);
+    pthread_join(t, NULL);
+    printf("survived\n");
+}
+
 static void sc_early(int argc, char **argv)
 {
     (void)argc, (void)argv;
@@ -399,18 +292,10 @@ static void sc_early(int argc, char **argv)
           "%.1f ms", rc, rc ? errno : 0, ms);
     /* Barriers still reach live stale threads. */
     stale_desc = desc_page();
-    if (pipe(stale_pipe) != 0)
-        die(2, "pipe");
-    pthread_t t;
-    pthread_create(&t, NULL, stale_reader, NULL);
-    while (!atomic_load(&stale_ready))
-        sched_yield();
-    sleep_ms(5);
+    pthread_t t = stale_start(stale_reader, 0);
     rc = rseqrt_munmap(stale_desc, pagesz);
     check(rc == 0, "a new stale thread: rseqrt_munmap of its descriptor's page = %d (cpu %d)", rc, stale_cpu);
-    write_byte(stale_pipe[1]);
-    pthread_join(t, NULL);
-    printf("survived\n");
+    stale_finish(t);
 }
 
 /* ------------------------------------------------------------- 3. whole pages */
@@ -419,25 +304,14 @@ static void sc_wholepage(int argc, char **argv)
 {
     (void)argc, (void)argv;
     char *page = map_pages(1);
-    stale_desc = (struct rseq_cs_desc *)(page + 2048);
-    memcpy(stale_desc, rseq_cs_own_desc(), sizeof *stale_desc);
-    if (pipe(stale_pipe) != 0)
-        die(2, "pipe");
-    pthread_t t;
-    pthread_create(&t, NULL, stale_reader, NULL);
-    while (!atomic_load(&stale_ready))
-        sched_yield();
-    if (stale_cpu < 0)
-        die(3, "the stale thread has no registered area");
-    sleep_ms(5);
+    stale_desc_at(page + 2048);
+    pthread_t t = stale_start(stale_reader, 1);
     int rc = use_rseqrt ? rseqrt_munmap(page, 100) : munmap(page, 100);
     if (rc != 0)
         fail("%s(page, 100) = %d (%s)", use_rseqrt ? "rseqrt_munmap" : "munmap", rc, strerror(errno));
     check(!mapped(page), "%s(page, 100) = 0 unmapped the whole page (descriptor at page + 2048)",
           use_rseqrt ? "rseqrt_munmap" : "munmap");
-    write_byte(stale_pipe[1]);
-    pthread_join(t, NULL);
-    printf("survived\n");
+    stale_finish(t);
 }
 
 /* A barrier from a thread with the smallest stack glibc allows (PTHREAD_STACK_MIN): the barrier
@@ -462,17 +336,8 @@ static void sc_smallstack(int argc, char **argv)
     if (err)
         die(2, "timer: %s", err);
     small_stack_page = map_pages(1);
-    stale_desc = (struct rseq_cs_desc *)small_stack_page;
-    memcpy(stale_desc, rseq_cs_own_desc(), sizeof *stale_desc);
-    if (pipe(stale_pipe) != 0)
-        die(2, "pipe");
-    pthread_t t, f;
-    pthread_create(&t, NULL, stale_reader, NULL);
-    while (!atomic_load(&stale_ready))
-        sched_yield();
-    if (stale_cpu < 0)
-        die(3, "the stale thread has no registered area");
-    sleep_ms(5);
+    stale_desc_at(small_stack_page);
+    pthread_t t = stale_start(stale_reader, 1), f;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     if (pthread_attr_setstacksize(&attr, PTHREAD_STACK_MIN) != 0)
@@ -481,9 +346,7 @@ static void sc_smallstack(int argc, char **argv)
     pthread_join(f, NULL);
     check(small_stack_rc == 0, "%s from a %ld-byte stack = %d", use_rseqrt ? "rseqrt_munmap" : "munmap",
           (long)PTHREAD_STACK_MIN, small_stack_rc);
-    write_byte(stale_pipe[1]);
-    pthread_join(t, NULL);
-    printf("survived\n");
+    stale_finish(t);
 }
 
 /* An object kept loaded only by another's relocation dependency: B is loaded RTLD_GLOBAL, A binds
@@ -508,24 +371,16 @@ static void sc_reldep(int argc, char **argv)
     if (!a || !b)
         die(2, "dlopen: %s", dlerror());
     reldep_inc = (int (*)(void))dlsym(a, "a_inc");
-    if (pipe(stale_pipe) != 0 || !reldep_inc)
+    if (!reldep_inc)
         die(2, "setup");
-    pthread_t t;
-    pthread_create(&t, NULL, reldep_reader, NULL);
-    while (!atomic_load(&stale_ready))
-        sched_yield();
-    if (stale_cpu < 0)
-        die(3, "the stale thread has no registered area");
-    sleep_ms(5);
+    pthread_t t = stale_start(reldep_reader, 1);
     dlclose(b);
     check(dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD) != NULL, "B stays loaded after its own dlclose (A binds to it)");
     dlclose(b);
     int rc = use_rseqrt ? rseqrt_dlclose(a) : dlclose(a);
     check(rc == 0, "%s(A) = %d", use_rseqrt ? "rseqrt_dlclose" : "dlclose", rc);
     check(dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD) == NULL, "closing A unloaded B");
-    write_byte(stale_pipe[1]);
-    pthread_join(t, NULL);
-    printf("survived\n");
+    stale_finish(t);
 }
 
 /* ---------------------------------------------------- 4. dlclose runs destructors */
@@ -615,9 +470,7 @@ static void sc_inflight(int argc, char **argv)
     if (pipe(inf_pipe) != 0)
         die(2, "pipe");
     timer_t tm;
-    const char *bad = crash_start_timer_thread(inf_callback, &tm);
-    if (bad)
-        die(2, "%s: %s", bad, strerror(errno));
+    start_timer_thread(inf_callback, &tm);
     double t0 = now_ms();
     while (!atomic_load(&inf_state)) {
         if (now_ms() - t0 > 5000)
@@ -661,12 +514,7 @@ static void sc_inflight(int argc, char **argv)
                   "no longer refers to the page (%#llx)", INF_CREATORS, (unsigned long long)cs_of(atomic_load(&inf_area)));
     }
     write_byte(inf_pipe[1]);
-    t0 = now_ms();
-    while (atomic_load(&inf_state) != 2) {
-        if (now_ms() - t0 > 5000)
-            fail("the callback did not wake");
-        sleep_ms(0.5);
-    }
+    wait_value(&inf_state, 2, 0.5, "the callback did not wake");
     sleep_ms(2);
     for (int i = 0; i < INF_CREATORS; i++)
         pthread_join(c[i], NULL);
@@ -969,16 +817,7 @@ static const struct {
 
 int main(int argc, char **argv)
 {
-    crash_setup();
-    pagesz = (size_t)sysconf(_SC_PAGESIZE);
-    if (argc < 3 || (strcmp(argv[2], "rseqrt") && strcmp(argv[2], "plain"))) {
-        fprintf(stderr, "usage: %s SCENARIO rseqrt|plain [ARGS...]\n", argv[0]);
-        return 2;
-    }
-    scenario = argv[1];
-    use_rseqrt = !strcmp(argv[2], "rseqrt");
-    printf("%s %s: rseqrt_owner=%d signal=%d main cpu_id=%d\n", argv[1], argv[2], rseqrt_owner(), rseqrt_signal(),
-           (int32_t)rseq_cs_area()->cpu_id);
+    cases_start(argc, argv, "[ARGS...]");
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         if (strcmp(scenario, scenarios[i].name))
             continue;

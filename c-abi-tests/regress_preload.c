@@ -29,21 +29,6 @@
 #include "rseq_cs.h"
 
 static long counters[4096];
-static struct rseq_cs_desc *_Atomic desc;
-static int wake[2];
-static atomic_int ready, unregistered;
-
-static void *stale(void *arg)
-{
-    (void)arg;
-    if (rseq_cs_run(counters, atomic_load(&desc), rseq_cs_own_code()) < 0)
-        atomic_store(&unregistered, 1);
-    atomic_store(&ready, 1);
-    char b;
-    while (read(wake[0], &b, 1) < 0 && errno == EINTR)
-        ;
-    return NULL;
-}
 
 static int mapped(void *p, size_t ps)
 {
@@ -86,11 +71,9 @@ int main(int argc, char **argv)
     size_t ps = (size_t)sysconf(_SC_PAGESIZE);
     const char *fn = !strncmp(op, "mremap", 6) ? "mremap" : !strncmp(op, "mmap", 4) ? "mmap"
                      : !strncmp(op, "munmap", 6) ? "munmap" : "dlclose";
-    printf("%s %s: %s is provided by %s\n", op, argv[2], fn, crash_provider(fn));
-    if (preload && !strstr(crash_provider(fn), "rseqrt")) {
-        printf("preload not in effect\n");
-        return 8;
-    }
+    int rc = crash_preload_check(op, argv[2], fn);
+    if (rc)
+        return rc;
     if (!strcmp(op, "dlclose-dtor"))
         return argc > 3 ? dlclose_dtor(argv[3], preload) : 2;
     char *r = mmap(NULL, 2 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -98,18 +81,10 @@ int main(int argc, char **argv)
         return 2;
     char *page = !strcmp(op, "mremap-shrink-partial") ? r + ps : r;
     memcpy(page + 2048, rseq_cs_own_desc(), sizeof(struct rseq_cs_desc));
-    atomic_store(&desc, (struct rseq_cs_desc *)(page + 2048));
-    if (pipe(wake) != 0)
-        return 2;
-    pthread_t t;
-    pthread_create(&t, NULL, stale, NULL);
-    while (!atomic_load(&ready))
-        ;
-    if (atomic_load(&unregistered)) {
-        printf("stale thread has no registered rseq area\n");
-        return 3;
-    }
-    usleep(2000);
+    struct crash_stale st;
+    rc = crash_stale_start(&st, counters, (struct rseq_cs_desc *)(page + 2048));
+    if (rc)
+        return rc;
     if (!strcmp(op, "munmap-partial")) {
         if (munmap(page, 100) != 0)
             return printf("munmap: %s\n", strerror(errno)), 4;
@@ -129,9 +104,5 @@ int main(int argc, char **argv)
     if (strcmp(op, "mmap-fixed-partial") && mapped(page, ps))
         return printf("the kernel did not free the whole page\n"), 2;
     printf("%s done (the whole page went); waking the stale thread\n", op);
-    if (write(wake[1], "x", 1) != 1)
-        return 2;
-    pthread_join(t, NULL);
-    printf("survived\n");
-    return 0;
+    return crash_stale_finish(&st);
 }

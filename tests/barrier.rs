@@ -14,19 +14,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::scenario::{finish, Expect, Mode, Scenario, MODES};
+use support::scenario::{case, finish, go, Case, Expect, Suite, MODES};
 use support::{c_test_source, compile, seccomp_exec, stage, CompileSpec, Stage};
 
 const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
-/// Runs in all while a program reports exit 9 (inconclusive).
-const ATTEMPTS: usize = 3;
-
-/// One child at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 struct Programs {
     stage: &'static Stage,
@@ -59,75 +54,25 @@ fn programs() -> &'static Programs {
     })
 }
 
-/// A scenario run in `mode` with the staged library on LD_LIBRARY_PATH.
-fn scenario<'a, S: AsRef<str>>(name: String, program: &'a Path, args: &[S], mode: Mode, expect: Expect) -> Scenario<'a> {
-    Scenario::new(name, program, args, mode, expect)
-        .env("LD_LIBRARY_PATH", &programs().stage.lib_dir.display().to_string())
-        .attempts(ATTEMPTS)
-        .timeout(CHILD_TIMEOUT)
+/// Runs are one child at a time, with the staged library on LD_LIBRARY_PATH.
+fn suite() -> Suite {
+    Suite { stage: programs().stage, timeout: CHILD_TIMEOUT }
 }
 
-/// Runs one scenario (one child at a time), returns a failure message.
-fn go(s: Scenario) -> Option<String> {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    s.go()
-}
-
-/// A `barrier_cases` scenario, run in both owner modes.
-struct Case {
-    scenario: &'static str,
-    args: &'static [&'static str],
-    env: &'static [(&'static str, &'static str)],
-    /// Whether the plain row (must crash) runs before the rseqrt row (must survive).
-    plain: bool,
-}
-
-/// The plain row and the rseqrt row.
+/// The plain row and the rseqrt row of a `barrier_cases` scenario, in both owner modes.
 fn both(scenario: &'static str) -> Case {
-    Case { scenario, args: &[], env: &[], plain: true }
+    case(scenario, &[])
 }
 
 /// The rseqrt row only.
 fn rseqrt(scenario: &'static str) -> Case {
-    Case { scenario, args: &[], env: &[], plain: false }
+    case(scenario, &[]).rseqrt_only()
 }
 
-impl Case {
-    fn args(self, args: &'static [&'static str]) -> Self {
-        Case { args, ..self }
-    }
-    fn env(self, env: &'static [(&'static str, &'static str)]) -> Self {
-        Case { env, ..self }
-    }
-}
-
-/// Runs the cases (each in both owner modes; the rseqrt row must report the mode's owner)
-/// and fails the test if any of them failed.
+/// Runs the `barrier_cases` cases (each in both owner modes; the rseqrt row must report the
+/// mode's owner) and fails the test if any of them failed.
 fn run_cases(what: &str, cases: &[Case]) {
-    let p = programs();
-    let mut failures = Vec::new();
-    for case in cases {
-        let label: String = case.args.iter().map(|a| format!(" {a}")).collect();
-        let envs: String = case.env.iter().map(|(k, v)| format!(" {k}={v}")).collect();
-        let methods: &[(&str, Expect)] = if case.plain {
-            &[("plain", Expect::Segv), ("rseqrt", Expect::Exit(0))]
-        } else {
-            &[("rseqrt", Expect::Exit(0))]
-        };
-        for mode in MODES {
-            for &(method, expect) in methods {
-                let mut args = vec![case.scenario, method];
-                args.extend_from_slice(case.args);
-                let name = format!("{}{label}{envs} {method} [{}]", case.scenario, mode.name());
-                let mut r = scenario(name, &p.cases, &args, mode, expect).envs(case.env);
-                if method == "rseqrt" {
-                    r = r.owner(mode.owner()).echo("observed");
-                }
-                failures.extend(go(r));
-            }
-        }
-    }
-    finish(what, failures);
+    suite().run_cases(what, &programs().cases, cases);
 }
 
 /// 1. Several threads run rseqrt_munmap/rseqrt_clear/rseqrt_clear_all on different ranges
@@ -194,7 +139,7 @@ fn failed_barrier_frees_nothing() {
     run_cases(
         "failed barrier",
         &[
-            both("unreachable").env(&[("RSEQRT_TIMEOUT_MS", "200")]),
+            both("unreachable").env("RSEQRT_TIMEOUT_MS", "200"),
             both("rawmask"),
             // A raw clone() thread unknown to both rseqrt and glibc is found and signalled.
             both("rawunknown"),
@@ -212,14 +157,14 @@ fn no_membarrier() {
     let cases = p.cases.display().to_string();
     let mut f = Vec::new();
     for mode in MODES {
-        f.extend(go(scenario(
+        f.extend(go(suite().scenario(
             format!("mixed plain, membarrier ENOSYS [{}]", mode.name()),
             &p.seccomp,
             &["membarrier", "ENOSYS", &cases, "mixed", "plain", &plugin],
             mode,
             Expect::Segv,
         )));
-        f.extend(go(scenario(
+        f.extend(go(suite().scenario(
             format!("mixed rseqrt, membarrier available [{}]", mode.name()),
             &p.cases,
             &["mixed", "rseqrt", &plugin],
@@ -228,7 +173,7 @@ fn no_membarrier() {
         )
         .owner(mode.owner())));
         for (errno, text) in [("ENOSYS", "errno 38"), ("EPERM", "errno 1")] {
-            let r = scenario(
+            let r = suite().scenario(
                 format!("mixed rseqrt, membarrier {errno} [{}]", mode.name()),
                 &p.seccomp,
                 &["membarrier", errno, &cases, "mixed", "rseqrt", &plugin],
@@ -256,9 +201,9 @@ fn signal_interposers() {
     run_cases(
         "signal interposers",
         &[
-            both("sigmask").args(&["auto"]),
-            rseqrt("sigmask").args(&["40"]).env(&[("RSEQRT_SIGNAL", "40")]),
-            rseqrt("sigmask").args(&["36"]).env(&[("RSEQRT_SIGNAL", "36")]),
+            case("sigmask", &["auto"]),
+            case("sigmask", &["40"]).rseqrt_only().env("RSEQRT_SIGNAL", "40"),
+            case("sigmask", &["36"]).rseqrt_only().env("RSEQRT_SIGNAL", "36"),
             rseqrt("signal-fn"),
         ],
     );
@@ -269,26 +214,13 @@ fn signal_interposers() {
 /// it (read-write or PROT_NONE), crash plain and survive under LD_PRELOAD.
 #[test]
 fn preload_mremap_and_mmap_fixed() {
-    let p = programs();
-    let preload = p.stage.lib("rseqrt/librseqrt_preload.so").display().to_string();
-    let lib = p.stage.lib("librseqrt.so").display().to_string();
-    let mut f = Vec::new();
-    for op in ["mremap-move", "mremap-grow", "mremap-shrink", "mmap-fixed", "mmap-fixed-none"] {
-        for mode in MODES {
-            // Plain: glibc's own registration; under rseq=0 nothing registers without rseqrt,
-            // so the baseline preloads librseqrt.so, which interposes neither call.
-            let mut plain = scenario(format!("{op} plain [{}]", mode.name()), &p.preload_prog, &[op, "plain"], mode, Expect::Segv);
-            if mode == Mode::Own {
-                plain.name = format!("{op} plain+librseqrt [{}]", mode.name());
-                plain = plain.env("LD_PRELOAD", &lib);
-            }
-            f.extend(go(plain));
-            let r = scenario(format!("{op} preload [{}]", mode.name()), &p.preload_prog, &[op, "preload"], mode, Expect::Exit(0))
-                .env("LD_PRELOAD", &preload);
-            f.extend(go(r));
-        }
-    }
-    finish("preload mremap/mmap", f);
+    // Plain: glibc's own registration; under rseq=0 nothing registers without rseqrt, so the
+    // baseline preloads librseqrt.so, which interposes neither call.
+    suite().run_preload(
+        "preload mremap/mmap",
+        &programs().preload_prog,
+        &[&["mremap-move"], &["mremap-grow"], &["mremap-shrink"], &["mmap-fixed"], &["mmap-fixed-none"]],
+    );
 }
 
 /// 11. rseqrt_clear_all: afterwards every registered thread's rseq_cs is 0, read from outside
@@ -309,10 +241,10 @@ fn pthread_exit_and_cancel_through_the_trampoline() {
     run_cases(
         "pthread_exit / pthread_cancel",
         &[
-            rseqrt("exitcancel").args(&["return"]),
-            rseqrt("exitcancel").args(&["exit"]),
-            rseqrt("exitcancel").args(&["cancel"]),
-            rseqrt("exitcancel").args(&["async"]),
+            case("exitcancel", &["return"]).rseqrt_only(),
+            case("exitcancel", &["exit"]).rseqrt_only(),
+            case("exitcancel", &["cancel"]).rseqrt_only(),
+            case("exitcancel", &["async"]).rseqrt_only(),
         ],
     );
 }

@@ -13,18 +13,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::scenario::{finish, Expect, Mode, Scenario, MODES};
+use support::scenario::{case, finish, go, Case, Expect, Mode, Suite, MODES};
 use support::{c_test_source, compile, seccomp_exec, stage, tests_build_dir, CompileSpec, Stage};
 
 const CHILD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Runs in all while a program reports exit 9 (inconclusive).
-const ATTEMPTS: usize = 3;
-
-/// One child at a time (timing checks; 2 cores).
-static SERIAL: Mutex<()> = Mutex::new(());
 
 struct Programs {
     stage: &'static Stage,
@@ -145,133 +140,22 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// A scenario run in `mode` with the staged library on LD_LIBRARY_PATH.
-fn scenario<'a, S: AsRef<str>>(name: String, program: &'a Path, args: &[S], mode: Mode, expect: Expect) -> Scenario<'a> {
-    Scenario::new(name, program, args, mode, expect)
-        .env("LD_LIBRARY_PATH", &path(&programs().stage.lib_dir))
-        .attempts(ATTEMPTS)
-        .timeout(CHILD_TIMEOUT)
+/// Runs are one child at a time, with the staged library on LD_LIBRARY_PATH.
+fn suite() -> Suite {
+    Suite { stage: programs().stage, timeout: CHILD_TIMEOUT }
 }
 
-/// Runs one scenario (one child at a time), returns a failure message.
-fn go(s: Scenario) -> Option<String> {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    s.go()
-}
-
-/// A `regress_cases` scenario.
-struct Case {
-    scenario: &'static str,
-    args: Vec<String>,
-    /// Environment on top of the mode's.
-    env: Vec<(String, String)>,
-    /// Modes where the plain row (must die by SIGSEGV) runs before the rseqrt row.
-    plain_in: &'static [Mode],
-    /// Modes where the rseqrt row runs.
-    modes: &'static [Mode],
-    /// The program (regress_cases unless set).
-    program: Option<&'static Path>,
-    /// `rseqrt_owner=N` the rseqrt row must print, when not the mode's.
-    owner: Option<i32>,
-}
-
-fn case(scenario: &'static str, args: &[&str]) -> Case {
-    Case {
-        scenario,
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: Vec::new(),
-        plain_in: &MODES,
-        modes: &MODES,
-        program: None,
-        owner: None,
-    }
-}
-
-impl Case {
-    /// No plain row.
-    fn rseqrt_only(self) -> Self {
-        Case { plain_in: &[], ..self }
-    }
-    fn env(mut self, k: &str, v: &str) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-}
-
-/// Runs the cases (plain row where asked, then the rseqrt row, each in its modes; the rseqrt row
-/// must report the mode's owner) and fails the test if any failed.
+/// Runs the `regress_cases` cases (plain row where asked, then the rseqrt row, each in its modes;
+/// the rseqrt row must report the mode's owner) and fails the test if any failed.
 fn run_cases(what: &str, cases: &[Case]) {
-    let p = programs();
-    let mut failures = Vec::new();
-    for case in cases {
-        let program = case.program.unwrap_or(&p.cases);
-        let label: String = case
-            .args
-            .iter()
-            .map(|a| format!(" {}", Path::new(a).file_name().map_or(a.clone(), |f| f.to_string_lossy().into_owned())))
-            .collect();
-        let envs: String = case
-            .env
-            .iter()
-            .map(|(k, v)| {
-                let short: Vec<String> = v
-                    .split(' ')
-                    .map(|p| Path::new(p).file_name().map_or(p.to_string(), |f| f.to_string_lossy().into_owned()))
-                    .collect();
-                format!(" {k}={}", short.join(" "))
-            })
-            .collect();
-        for mode in MODES {
-            let mut methods = Vec::new();
-            if case.plain_in.contains(&mode) {
-                methods.push(("plain", Expect::Segv));
-            }
-            if case.modes.contains(&mode) {
-                methods.push(("rseqrt", Expect::Exit(0)));
-            }
-            for (method, expect) in methods {
-                let mut args = vec![case.scenario.to_string(), method.to_string()];
-                args.extend(case.args.iter().cloned());
-                let name = format!("{}{label}{envs} {method} [{}]", case.scenario, mode.name());
-                let mut r = scenario(name, program, &args, mode, expect);
-                for (k, v) in &case.env {
-                    r = r.env(k, v);
-                }
-                if method == "rseqrt" {
-                    r = r.owner(case.owner.unwrap_or(mode.owner())).echo("observed");
-                }
-                failures.extend(go(r));
-            }
-        }
-    }
-    finish(what, failures);
+    suite().run_cases(what, &programs().cases, cases);
 }
 
 /// Runs `regress_preload OP` (plain: must die by SIGSEGV; preload: librseqrt_preload.so, must
 /// exit 0) in both modes. Plain under rseq=0 preloads librseqrt.so (which interposes none of the
 /// calls) so that the threads are registered at all.
 fn run_preload(what: &str, ops: &[&[&str]]) {
-    let p = programs();
-    let preload = path(&p.stage.lib("rseqrt/librseqrt_preload.so"));
-    let lib = path(&p.stage.lib("librseqrt.so"));
-    let mut f = Vec::new();
-    for op in ops {
-        let shown = op[0];
-        for mode in MODES {
-            let plain_args: Vec<&str> = [&[op[0], "plain"], &op[1..]].concat();
-            let mut plain = scenario(format!("{shown} plain [{}]", mode.name()), &p.preload_prog, &plain_args, mode, Expect::Segv);
-            if mode == Mode::Own {
-                plain.name = format!("{shown} plain+librseqrt [{}]", mode.name());
-                plain = plain.env("LD_PRELOAD", &lib);
-            }
-            f.extend(go(plain));
-            let args: Vec<&str> = [&[op[0], "preload"], &op[1..]].concat();
-            let r = scenario(format!("{shown} preload [{}]", mode.name()), &p.preload_prog, &args, mode, Expect::Exit(0))
-                .env("LD_PRELOAD", &preload);
-            f.extend(go(r));
-        }
-    }
-    finish(what, f);
+    suite().run_preload(what, &programs().preload_prog, ops);
 }
 
 /// 1. Thread exit: a thread-specific-data destructor of a key the program created (so it runs
@@ -334,14 +218,14 @@ fn preload_interposes_the_old_dlclose_version() {
     let plugin = path(&p.example_plugin);
     let mut f = Vec::new();
     for mode in MODES {
-        let mut plain = scenario(format!("old dlclose plain [{}]", mode.name()), &p.old_dlclose, &[&plugin], mode, Expect::Segv);
+        let mut plain = suite().scenario(format!("old dlclose plain [{}]", mode.name()), &p.old_dlclose, &[&plugin], mode, Expect::Segv);
         if mode == Mode::Own {
             // Without rseqrt nobody registers the threads under rseq=0: nothing would go stale.
             plain = plain.env("LD_PRELOAD", &path(&p.stage.lib("librseqrt.so")));
         }
         f.extend(go(plain));
         let shim = path(&p.stage.lib("rseqrt/librseqrt_preload.so"));
-        f.extend(go(scenario(format!("old dlclose preload [{}]", mode.name()), &p.old_dlclose, &[&plugin], mode, Expect::Exit(0)).env("LD_PRELOAD", &shim)));
+        f.extend(go(suite().scenario(format!("old dlclose preload [{}]", mode.name()), &p.old_dlclose, &[&plugin], mode, Expect::Exit(0)).env("LD_PRELOAD", &shim)));
     }
     finish("old dlclose version", f);
 }
@@ -405,7 +289,7 @@ fn rseq_refused_by_seccomp_eperm() {
     let mut f = Vec::new();
     for errno in ["EPERM", "ENOSYS"] {
         for mode in MODES {
-            let r = scenario(
+            let r = suite().scenario(
                 format!("probe, seccomp rseq {errno} [{}]", mode.name()),
                 &p.seccomp,
                 &["rseq", errno, &cases, "probe", "rseqrt"],

@@ -1,12 +1,18 @@
-//! Scenario runner shared by the barrier and crash suites: a C program run in its own
+//! Scenario runner shared by the barrier, regress and crash suites: a C program run in its own
 //! child process in one of the two owner modes, with an expected outcome (the kernel's
 //! SIGSEGV, or an exit status), again when the program reports that the run could not
 //! show anything (exit 9), and one printed line per scenario.
+//!
+//! For the suites built on a cases program (`barrier_cases.c`, `regress_cases.c`) and a preload
+//! program (`barrier_preload.c`, `regress_preload.c`): [`Suite`] runs [`Case`]s (a plain row
+//! that must die by SIGSEGV, then an rseqrt row that must exit 0, in each owner mode) and
+//! preload operations (plain, then under the preload shim), one child at a time.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{run, RunResult};
+use super::{run, RunResult, Stage};
 
 pub const TUNABLE_OFF: &str = "glibc.pthread.rseq=0";
 pub const SIGSEGV: i32 = 11;
@@ -218,4 +224,153 @@ pub fn finish(what: &str, failures: Vec<String>) {
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// One child at a time in a test binary (timing checks and spinning threads share the cores).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs one scenario (one child at a time), returns a failure message.
+pub fn go(s: Scenario) -> Option<String> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    s.go()
+}
+
+/// A scenario of a suite's cases program: `PROGRAM SCENARIO plain|rseqrt ARGS...`.
+pub struct Case {
+    pub scenario: &'static str,
+    pub args: Vec<String>,
+    /// Environment on top of the mode's.
+    pub env: Vec<(String, String)>,
+    /// Modes where the plain row (must die by SIGSEGV) runs before the rseqrt row.
+    pub plain_in: &'static [Mode],
+    /// Modes where the rseqrt row runs.
+    pub modes: &'static [Mode],
+    /// The program (the suite's cases program unless set).
+    pub program: Option<&'static Path>,
+    /// `rseqrt_owner=N` the rseqrt row must print, when not the mode's.
+    pub owner: Option<i32>,
+}
+
+/// The plain row and the rseqrt row, in both modes.
+pub fn case(scenario: &'static str, args: &[&str]) -> Case {
+    Case {
+        scenario,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: Vec::new(),
+        plain_in: &MODES,
+        modes: &MODES,
+        program: None,
+        owner: None,
+    }
+}
+
+impl Case {
+    /// No plain row.
+    pub fn rseqrt_only(self) -> Self {
+        Case { plain_in: &[], ..self }
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// A path's file name (as given, when it has none).
+fn short(p: &str) -> String {
+    Path::new(p).file_name().map_or(p.to_string(), |f| f.to_string_lossy().into_owned())
+}
+
+/// What a suite's runs share: the staged tree (its library directory on LD_LIBRARY_PATH) and
+/// the child's timeout. Each scenario runs up to 3 times in all while the program reports exit 9
+/// (inconclusive): [`Scenario::new`]'s default.
+#[derive(Clone, Copy)]
+pub struct Suite {
+    pub stage: &'static Stage,
+    pub timeout: Duration,
+}
+
+impl Suite {
+    /// A scenario run in `mode` with the staged library on LD_LIBRARY_PATH.
+    pub fn scenario<'a, S: AsRef<str>>(
+        &self,
+        name: String,
+        program: &'a Path,
+        args: &[S],
+        mode: Mode,
+        expect: Expect,
+    ) -> Scenario<'a> {
+        Scenario::new(name, program, args, mode, expect)
+            .env("LD_LIBRARY_PATH", &self.stage.lib_dir.display().to_string())
+            .timeout(self.timeout)
+    }
+
+    /// Runs the cases of `program` (plain row where asked, then the rseqrt row, each in its
+    /// modes; the rseqrt row must report the mode's owner) and fails the test if any failed.
+    pub fn run_cases(&self, what: &str, program: &Path, cases: &[Case]) {
+        let mut failures = Vec::new();
+        for case in cases {
+            let program = case.program.unwrap_or(program);
+            let label: String = case.args.iter().map(|a| format!(" {}", short(a))).collect();
+            let envs: String = case
+                .env
+                .iter()
+                .map(|(k, v)| {
+                    let parts: Vec<String> = v.split(' ').map(short).collect();
+                    format!(" {k}={}", parts.join(" "))
+                })
+                .collect();
+            for mode in MODES {
+                let mut methods = Vec::new();
+                if case.plain_in.contains(&mode) {
+                    methods.push(("plain", Expect::Segv));
+                }
+                if case.modes.contains(&mode) {
+                    methods.push(("rseqrt", Expect::Exit(0)));
+                }
+                for (method, expect) in methods {
+                    let mut args = vec![case.scenario.to_string(), method.to_string()];
+                    args.extend(case.args.iter().cloned());
+                    let name = format!("{}{label}{envs} {method} [{}]", case.scenario, mode.name());
+                    let mut r = self.scenario(name, program, &args, mode, expect);
+                    for (k, v) in &case.env {
+                        r = r.env(k, v);
+                    }
+                    if method == "rseqrt" {
+                        r = r.owner(case.owner.unwrap_or(mode.owner())).echo("observed");
+                    }
+                    failures.extend(go(r));
+                }
+            }
+        }
+        finish(what, failures);
+    }
+
+    /// Runs `program OP plain|preload ARGS...` for each `[OP, ARGS...]` in both modes (plain: must
+    /// die by SIGSEGV; preload: librseqrt_preload.so, must exit 0). Plain under rseq=0 preloads
+    /// librseqrt.so (which interposes none of the calls) so that the threads are registered at
+    /// all.
+    pub fn run_preload(&self, what: &str, program: &Path, ops: &[&[&str]]) {
+        let preload = self.stage.lib("rseqrt/librseqrt_preload.so").display().to_string();
+        let lib = self.stage.lib("librseqrt.so").display().to_string();
+        let mut f = Vec::new();
+        for op in ops {
+            let shown = op[0];
+            for mode in MODES {
+                let plain_args: Vec<&str> = [&[op[0], "plain"], &op[1..]].concat();
+                let mut plain =
+                    self.scenario(format!("{shown} plain [{}]", mode.name()), program, &plain_args, mode, Expect::Segv);
+                if mode == Mode::Own {
+                    plain.name = format!("{shown} plain+librseqrt [{}]", mode.name());
+                    plain = plain.env("LD_PRELOAD", &lib);
+                }
+                f.extend(go(plain));
+                let args: Vec<&str> = [&[op[0], "preload"], &op[1..]].concat();
+                let r = self
+                    .scenario(format!("{shown} preload [{}]", mode.name()), program, &args, mode, Expect::Exit(0))
+                    .env("LD_PRELOAD", &preload);
+                f.extend(go(r));
+            }
+        }
+        finish(what, f);
+    }
 }
