@@ -11,7 +11,7 @@
 //! States, per call (each a function below):
 //!
 //! ```text
-//!   SCAN ──none refer──────────────────────────────────────────────► UNKNOWN ─► DONE
+//!   SCAN ──none refer──────────────────────────────► POSSIBLE ──► UNKNOWN ─► DONE
 //!    │ suspects: threads whose rseq_cs refers to the memory            ▲
 //!    ▼                                                                 │
 //!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), short spin ──all clear┤
@@ -25,16 +25,17 @@
 //!    ▼
 //!   FAIL (ETIMEDOUT): the caller frees nothing
 //! ```
-//! UNKNOWN covers threads that the registry does not know (see `unknown`), and BROADCAST
-//! registered threads that block every signal but glibc's own (a `SIGEV_THREAD` callback): see
-//! `broadcast`.
+//! POSSIBLE: threads whose `rseq_cs` refers to memory that only may be freed get one acknowledged
+//! signal round (see `acked` and [`clear_with_possible`]). UNKNOWN covers threads that the
+//! registry does not know (see `unknown`), and BROADCAST registered threads that block every
+//! signal but glibc's own (a `SIGEV_THREAD` callback): see `broadcast`.
 //!
 //! Cost follows the threads that matter: the scan is one load per registered thread; only
 //! threads whose `rseq_cs` refers to the memory get a system call.
 //!
 //! Concurrency: barriers run concurrently with each other (they only read and send signals). A
 //! thread that exits during a barrier clears its own `rseq_cs` and then waits in its exit hook
-//! until the barrier ends. In a `fork()` child, barriers of other parent threads are forgotten.
+//! until the barriers that started before it left the registry have ended (see `registry`). In a `fork()` child, barriers of other parent threads are forgotten.
 //! From a signal handler: pass [`SIGNAL_SAFE`]; everything is then async-signal-safe and
 //! allocation-free, and the call fails with `EAGAIN` where it would need glibc's broadcast.
 //! Allocation: none, ever (the `munmap` path depends on it; glibc's malloc calls `munmap` with
