@@ -54,6 +54,13 @@ pub fn area() -> Option<NonNull<RseqrtArea>> {
     (owner() != Owner::None).then(|| NonNull::new(state::current_area())).flatten()
 }
 
+/// Offset of every thread's area from its thread pointer: the value of `__rseq_offset`.
+///
+/// Spec: <https://sourceware.org/glibc/manual/latest/html_node/Restartable-Sequences.html>
+pub fn area_offset() -> isize {
+    state::area_offset()
+}
+
 /// Length of each registered area, as passed to `rseq(2)`.
 ///
 /// Spec: <https://docs.kernel.org/userspace-api/rseq.html>

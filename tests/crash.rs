@@ -21,9 +21,6 @@
 //!
 //! `crash_stress.c` unloads plugins thousands of times under worker threads that
 //! run critical sections in them, and checks the per-cpu counters' total.
-//!
-//! Rows that need the library are skipped, with the reason printed, while the
-//! repository has no Makefile (the library has not landed); the plain rows always run.
 
 mod support;
 
@@ -32,7 +29,7 @@ use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use support::scenario::{finish, Expect, Mode, Scenario, MODES};
-use support::{c_test_source, compile, repo_root, stage, tests_build_dir, CompileSpec, Stage};
+use support::{c_test_source, compile, stage, tests_build_dir, CompileSpec, Stage};
 
 const THREADS: [&str; 4] = ["read", "spin", "sigblock", "timer"];
 /// crash_stale's exit status when the stale thread has no registered rseq area.
@@ -51,24 +48,13 @@ struct Programs {
     plugin_b: PathBuf,
     stale: PathBuf,
     stress: PathBuf,
-    lib: Option<LibPrograms>,
+    lib: LibPrograms,
 }
 
 struct LibPrograms {
     stage: &'static Stage,
     stale: PathBuf,
     stress: PathBuf,
-}
-
-/// The staged library, or None (with the reason printed) while it has not landed.
-fn library() -> Option<&'static Stage> {
-    if !repo_root().join("Makefile").exists() {
-        println!(
-            "SKIP library rows: no Makefile in the repository yet (the library has not landed)"
-        );
-        return None;
-    }
-    Some(stage())
 }
 
 fn programs() -> &'static Programs {
@@ -97,7 +83,8 @@ fn programs() -> &'static Programs {
         let stress = compile(
             &CompileSpec::new("crash_stress", &[src("crash_stress.c")]).libs(&["-pthread"]),
         );
-        let lib = library().map(|stage| {
+        let lib = {
+            let stage = stage();
             let (cflags, libs) = stage.rseqrt_flags();
             let build = |out: &str, file: &str| {
                 compile(
@@ -113,7 +100,7 @@ fn programs() -> &'static Programs {
                 stale: build("crash_stale_rseqrt", "crash_stale.c"),
                 stress: build("crash_stress_rseqrt", "crash_stress.c"),
             }
-        });
+        };
         Programs {
             plugin_dir: tests_build_dir(),
             plugin_a,
@@ -137,9 +124,8 @@ struct Row {
     check_owner: bool,
 }
 
-fn rows(p: &Programs, mode: Mode) -> (Vec<Row>, Vec<&'static str>) {
+fn rows(p: &Programs, mode: Mode) -> Vec<Row> {
     let mut rows = Vec::new();
-    let mut skipped = Vec::new();
     match mode {
         // Plain glibc: its registration, a plain call: the crash itself.
         Mode::Glibc => rows.push(Row {
@@ -162,43 +148,39 @@ fn rows(p: &Programs, mode: Mode) -> (Vec<Row>, Vec<&'static str>) {
             check_owner: false,
         }),
     }
-    match &p.lib {
-        None => skipped.extend(["plain+librseqrt", "rseqrt", "preload"]),
-        Some(lib) => {
-            // librseqrt.so interposes neither dlclose() nor munmap(): with it
-            // loaded (and, under the tunable, registering the threads) a plain
-            // call still crashes.
-            rows.push(Row {
-                label: "plain+librseqrt",
-                program: p.stale.clone(),
-                method: "plain",
-                preload: Some(lib.stage.lib("librseqrt.so")),
-                expect: Expect::Segv,
-                check_owner: false,
-            });
-            rows.push(Row {
-                label: "rseqrt",
-                program: lib.stale.clone(),
-                method: "rseqrt",
-                preload: None,
-                expect: Expect::Exit(0),
-                check_owner: true,
-            });
-            rows.push(Row {
-                label: "preload",
-                program: p.stale.clone(),
-                method: "preload",
-                preload: Some(lib.stage.lib("rseqrt/librseqrt_preload.so")),
-                expect: Expect::Exit(0),
-                check_owner: false,
-            });
-        }
-    }
-    (rows, skipped)
+    let lib = &p.lib;
+    // librseqrt.so interposes neither dlclose() nor munmap(): with it
+    // loaded (and, under the tunable, registering the threads) a plain
+    // call still crashes.
+    rows.push(Row {
+        label: "plain+librseqrt",
+        program: p.stale.clone(),
+        method: "plain",
+        preload: Some(lib.stage.lib("librseqrt.so")),
+        expect: Expect::Segv,
+        check_owner: false,
+    });
+    rows.push(Row {
+        label: "rseqrt",
+        program: lib.stale.clone(),
+        method: "rseqrt",
+        preload: None,
+        expect: Expect::Exit(0),
+        check_owner: true,
+    });
+    rows.push(Row {
+        label: "preload",
+        program: p.stale.clone(),
+        method: "preload",
+        preload: Some(lib.stage.lib("rseqrt/librseqrt_preload.so")),
+        expect: Expect::Exit(0),
+        check_owner: false,
+    });
+    rows
 }
 
-/// A crash_stale or crash_stress run in `mode`, with `preload` preloaded and, once the
-/// library has landed, the staged library on LD_LIBRARY_PATH.
+/// A crash_stale or crash_stress run in `mode`, with `preload` preloaded and the
+/// staged library on LD_LIBRARY_PATH.
 fn scenario<'a, S: AsRef<str>>(
     name: String,
     program: &'a Path,
@@ -213,10 +195,7 @@ fn scenario<'a, S: AsRef<str>>(
     if let Some(pre) = preload {
         s = s.env("LD_PRELOAD", &pre.display().to_string());
     }
-    if let Some(lib) = &programs().lib {
-        s = s.env("LD_LIBRARY_PATH", &lib.stage.lib_dir.display().to_string());
-    }
-    s
+    s.env("LD_LIBRARY_PATH", &programs().lib.stage.lib_dir.display().to_string())
 }
 
 fn matrix(kind: &str) {
@@ -225,13 +204,7 @@ fn matrix(kind: &str) {
     let dir = p.plugin_dir.display().to_string();
     let mut failures = Vec::new();
     for mode in MODES {
-        let (rows, skipped) = rows(p, mode);
-        for label in skipped {
-            println!(
-                "SKIP  {kind} * {label} {}: the library has not landed (no Makefile)",
-                mode.name()
-            );
-        }
+        let rows = rows(p, mode);
         for thread in THREADS {
             for row in &rows {
                 let name = format!("{kind} {thread} {} [{}]", row.label, mode.name());
@@ -300,11 +273,7 @@ fn stress_unload_plugins_under_running_critical_sections() {
         .attempts(ATTEMPTS)
         .timeout(CHILD_TIMEOUT);
     failures.extend(baseline.go());
-    let Some(lib) = &p.lib else {
-        println!("SKIP  stress rseqrt: the library has not landed (no Makefile)");
-        finish("stress", failures);
-        return;
-    };
+    let lib = &p.lib;
     let librseqrt = lib.stage.lib("librseqrt.so");
     for mode in MODES {
         if mode == Mode::Own {

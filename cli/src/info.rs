@@ -67,10 +67,11 @@ pub fn tunable_rseq() -> Option<bool> {
 }
 
 fn kernel_has_rseq() -> bool {
-    // An unregister request for an area that is not registered: EINVAL when rseq exists, ENOSYS
-    // when it does not. It changes nothing either way.
+    // An unregister request for an area that is not registered: EINVAL when rseq exists; ENOSYS
+    // (old kernel, seccomp) or EPERM (seccomp) when it cannot be used. It changes nothing.
+    // SAFETY: an unregister request for no area registers nothing and reads no memory.
     let r = unsafe { libc::syscall(libc::SYS_rseq, std::ptr::null::<c_void>(), 32u32, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) };
-    !(r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+    r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
 }
 
 fn uname_release() -> String {
@@ -117,8 +118,8 @@ pub fn signal_name(sig: i32) -> String {
 }
 
 pub fn collect() -> Json {
-    let feature_size = unsafe { libc::getauxval(AT_RSEQ_FEATURE_SIZE) } as u32;
-    let align = unsafe { libc::getauxval(AT_RSEQ_ALIGN) } as u32;
+    // SAFETY: getauxval only reads the auxiliary vector; 0 means absent.
+    let (feature_size, align) = unsafe { (libc::getauxval(AT_RSEQ_FEATURE_SIZE) as u32, libc::getauxval(AT_RSEQ_ALIGN) as u32) };
     let has_rseq = kernel_has_rseq();
     let fs = rseqrt::kernel_feature_size();
     let kernel = Json::obj()
@@ -141,6 +142,7 @@ pub fn collect() -> Json {
         .with("commands", Json::Arr(cmds))
         .with("private_expedited_rseq", mask.is_some_and(|m| m & (1 << 7) != 0));
 
+    // SAFETY: gnu_get_libc_version returns a static NUL-terminated string.
     let version = unsafe { CStr::from_ptr(gnu_get_libc_version()) }.to_string_lossy().into_owned();
     let g = glibc_rseq();
     let registers = g.as_ref().is_some_and(|g| g.size > 0);
@@ -156,14 +158,12 @@ pub fn collect() -> Json {
 
     let owner = rseqrt::owner();
     let area = rseqrt::area();
-    let tp: usize;
-    unsafe { std::arch::asm!("mov {}, fs:0", out(reg) tp) };
     let rseqrt_j = Json::obj()
         .with("owner", owner_name(owner))
         .with("owner_code", owner as i32)
         .with("owner_meaning", owner_words(owner))
         .with("area_length", rseqrt::area_length())
-        .with("rseq_offset", area.map(|a| a.as_ptr() as i64 - tp as i64))
+        .with("rseq_offset", area.map(|_| rseqrt::area_offset() as i64))
         .with("current_cpu", rseqrt::current_cpu().ok())
         .with("current_node", rseqrt::current_node().ok())
         .with("current_mm_cid", rseqrt::current_mm_cid().ok())
