@@ -146,6 +146,9 @@ static void stale_wait_round(struct stale *st, int round)
         die(3, "stale thread %s has no registered rseq area (cpu_id < 0): nothing to show", st->name);
 }
 
+/* How stale_start creates its thread (sc_bypass swaps in glibc's own pthread_create). */
+static int (*stale_creator)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) = pthread_create;
+
 static void stale_start(struct stale *st, enum stale_kind kind, const char *name, struct rseq_cs_desc *desc)
 {
     memset(st, 0, sizeof *st);
@@ -154,7 +157,7 @@ static void stale_start(struct stale *st, enum stale_kind kind, const char *name
     atomic_store(&st->desc, desc);
     if (pipe(st->pipe) != 0)
         die(2, "pipe: %s", strerror(errno));
-    int e = pthread_create(&st->thread, NULL, stale_main, st);
+    int e = stale_creator(&st->thread, NULL, stale_main, st);
     if (e)
         die(2, "pthread_create: %s", strerror(e));
     stale_wait_round(st, 1);
@@ -983,6 +986,69 @@ static void sc_rawmask(void)
     printf("survived\n");
 }
 
+/* A thread that glibc's pthread_create starts without passing through rseqrt's (reached with
+ * dlvsym on libc.so.6): glibc registers it, rseqrt's registry does not know it. glibc's thread
+ * count shows it, so the barrier takes its slow path and signals it. Meanwhile another thread
+ * keeps starting and joining short-lived threads, so known threads enter and leave the registry
+ * while each of the 200 barriers compares the counts; after every barrier the unknown thread's
+ * rseq_cs must no longer refer to the freed page. (glibc owner only: with glibc's registration
+ * off, glibc registers nothing for such a thread.) */
+static atomic_int bypass_stop, bypass_started;
+
+static void *bypass_short(void *arg)
+{
+    return arg;
+}
+
+static void *bypass_churn(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&bypass_stop)) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, bypass_short, NULL) == 0) {
+            pthread_join(t, NULL);
+            atomic_fetch_add(&bypass_started, 1);
+        }
+    }
+    return NULL;
+}
+
+static void sc_bypass(void)
+{
+    void *libc_handle = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void *glibc_create = libc_handle ? dlvsym(libc_handle, "pthread_create", "GLIBC_2.34") : NULL;
+    if (!glibc_create)
+        die(2, "dlvsym(libc.so.6, pthread_create@GLIBC_2.34): %s", dlerror());
+    if (use_rseqrt)
+        check(glibc_create != dlsym(RTLD_DEFAULT, "pthread_create"), "glibc's pthread_create is not the one programs call (rseqrt's)");
+    struct rseq_cs_desc *p = desc_page();
+    struct stale s;
+    stale_creator = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))glibc_create;
+    stale_start(&s, ST_READ, "bypass", p);
+    stale_creator = pthread_create;
+    pthread_t churn;
+    if (pthread_create(&churn, NULL, bypass_churn, NULL) != 0)
+        die(2, "pthread_create");
+    const int rounds = 200;
+    for (int round = 0; round < rounds; round++) {
+        if (!refers(stale_cs_now(&s), p, pagesz))
+            fail("round %d: the unknown thread's rseq_cs does not refer to the page", round);
+        /* The next page first, so that it cannot take the freed page's address. */
+        struct rseq_cs_desc *next = desc_page();
+        free_range(p, pagesz, "page"); /* plain: the thread's kernel reads the freed page when woken */
+        if (use_rseqrt && refers(stale_cs_now(&s), p, pagesz))
+            fail("round %d: after the barrier the unknown thread's rseq_cs still refers to the freed page", round);
+        stale_next(&s, next);
+        p = next;
+    }
+    atomic_store(&bypass_stop, 1);
+    pthread_join(churn, NULL);
+    stale_finish(&s);
+    printf("observed: %d barriers each cleared a thread unknown to rseqrt while %d short-lived threads came and went\n",
+           rounds, atomic_load(&bypass_started));
+    printf("survived\n");
+}
+
 /* ----------------------------------------- 8. mixed scenario (run without membarrier) */
 
 static void sc_mixed(const char *plugin)
@@ -1393,6 +1459,7 @@ static const struct scenario scenarios[] = {
     {"unreachable", sc_unreachable, NULL, 0},
     {"rawmask", sc_rawmask, NULL, 0},
     {"rawunknown", sc_rawunknown, NULL, 0},
+    {"bypass", sc_bypass, NULL, 0},
     {"mixed", NULL, sc_mixed, 1},
     {"sigmask", NULL, sc_sigmask, 0},
     {"signal-fn", sc_signal_fn, NULL, 0},

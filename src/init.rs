@@ -13,6 +13,7 @@ pub extern "C" fn run() {
     thread::init_exit_hook();
     crate::config::load();
     real::resolve_all();
+    crate::libc_private::init();
     crate::unmap::note_startup_objects();
     if state::owner() == Owner::SelfOwned {
         if !thread::pthread_create_is_ours() {
@@ -28,7 +29,7 @@ pub extern "C" fn run() {
     }
     if registration::current_slot().is_none() {
         if let Some(idx) = registry::claim(0, 0) {
-            registration::adopt_current_thread(idx);
+            registration::adopt_current_thread(idx, platform::gettid());
         }
     }
     signal::init();

@@ -18,10 +18,12 @@ pub mod abi;
 mod arch;
 pub mod barrier;
 pub mod capi;
+mod census;
 mod config;
 mod early;
 mod elf;
 mod init;
+mod libc_private;
 mod platform;
 mod preload;
 mod unmap;
@@ -137,8 +139,10 @@ pub fn register_current_thread() -> Result<(), Errno> {
     }
     let result = registration::register_area();
     if matches!(result, Ok(()) | Err(Errno(libc::EBUSY))) && registration::current_slot().is_none() {
+        // A thread rseqrt did not start: glibc may not count it either (a raw clone).
+        census::note_uncounted_thread();
         if let Some(idx) = registry::claim(0, 0) {
-            registration::adopt_current_thread(idx);
+            registration::adopt_current_thread(idx, platform::gettid());
         }
     }
     result

@@ -46,9 +46,9 @@ pub fn unregister_area() -> SysResult<()> {
     Ok(())
 }
 
-/// Enters the calling thread in the registry (slot `idx`, already claimed) and arranges for the
-/// slot to be freed at thread exit.
-pub fn adopt_current_thread(idx: SlotIndex) {
+/// Enters the calling thread, whose id is `tid`, in the registry (slot `idx`, already claimed)
+/// and arranges for the slot to be freed at thread exit.
+pub fn adopt_current_thread(idx: SlotIndex, tid: i32) {
     if !thread::arm_exit_hook(idx) {
         // Nothing would take the thread out of the registry at exit: leave it unknown (barriers
         // then reach it by signal, as any thread they did not start).
@@ -57,7 +57,7 @@ pub fn adopt_current_thread(idx: SlotIndex) {
     }
     // SAFETY: the TLS slot word belongs to this thread.
     unsafe { *arch::tls_slot() = idx as u64 + 1 };
-    registry::activate(idx, platform::gettid(), state::current_area());
+    registry::activate(idx, tid, state::current_area());
 }
 
 /// The calling thread's registry slot, if it has one.

@@ -51,6 +51,8 @@ static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
 static FREE_HINT: AtomicUsize = AtomicUsize::new(0);
 /// Slots in state LIVE: threads whose id and area the registry holds.
 static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Slots released so far (never decreases), for `census`.
+static EXITS: AtomicUsize = AtomicUsize::new(0);
 /// Ticket of the most recently started barrier.
 static BARRIER_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Tickets of running barriers (0: cell free; `PENDING`: taking a ticket).
@@ -120,15 +122,17 @@ pub fn activate(idx: SlotIndex, tid: i32, area: *mut RseqrtArea) {
         s.tid.store(tid, Relaxed);
         s.area.store(area, Relaxed);
         s.state.store(LIVE, SeqCst);
-        LIVE_COUNT.fetch_add(1, Relaxed);
+        LIVE_COUNT.fetch_add(1, SeqCst);
     }
 }
 
 /// Frees a slot, then waits until no barrier may still read the area it described.
 pub fn release(idx: SlotIndex) {
     let Some(s) = slot(idx) else { return };
+    // The exit count first: `census` relies on seeing it before the LIVE count drops.
+    EXITS.fetch_add(1, SeqCst);
     if s.state.swap(FREE, SeqCst) == LIVE {
-        LIVE_COUNT.fetch_sub(1, Relaxed);
+        LIVE_COUNT.fetch_sub(1, SeqCst);
     }
     FREE_HINT.store(idx, Relaxed);
     let freed_at = BARRIER_SEQ.load(SeqCst);
@@ -147,7 +151,12 @@ pub fn release(idx: SlotIndex) {
 /// Number of threads the registry knows (LIVE). Threads still starting are not counted: a
 /// barrier then treats them as unknown, the safe direction.
 pub fn known_threads() -> usize {
-    LIVE_COUNT.load(Relaxed)
+    LIVE_COUNT.load(SeqCst)
+}
+
+/// How many slots have been released so far: a count that only grows.
+pub fn exits() -> usize {
+    EXITS.load(SeqCst)
 }
 
 /// Proof that the holder may read the areas of slots it sees LIVE: their threads cannot finish
@@ -213,7 +222,7 @@ pub fn after_fork_child(survivor: Option<SlotIndex>, tid: i32) {
             s.state.store(FREE, Relaxed);
         }
     }
-    LIVE_COUNT.store(live, Relaxed);
+    LIVE_COUNT.store(live, SeqCst);
     FREE_HINT.store(0, Relaxed);
     for cell in &RUNNING {
         cell.store(0, SeqCst);

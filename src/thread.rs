@@ -173,6 +173,8 @@ pub extern "C" fn thread_started(tag: *mut c_void) -> StartCall {
         // A failure leaves cpu_id at -2 for this thread, as glibc does; the thread still runs.
         let _ = registration::register_area();
     }
-    registration::adopt_current_thread(idx);
+    // glibc started this thread: its descriptor has the id (no system call on thread start).
+    let tid = crate::libc_private::current_tid().unwrap_or_else(crate::platform::gettid);
+    registration::adopt_current_thread(idx, tid);
     StartCall { start, arg }
 }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::scenario::{case, finish, go, Case, Expect, Suite, MODES};
+use support::scenario::{case, finish, go, Case, Expect, Mode, Suite, MODES};
 use support::{c_test_source, compile, seccomp_exec, stage, CompileSpec, Stage};
 
 const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -145,6 +145,15 @@ fn failed_barrier_frees_nothing() {
             both("rawunknown"),
         ],
     );
+}
+
+/// 7b. A thread glibc starts behind rseqrt's back (glibc's pthread_create reached with dlvsym,
+/// glibc owner): rseqrt's registry does not know it, glibc's thread count shows it, and each of
+/// 200 barriers clears its stale pointer while other threads keep starting and exiting (the
+/// window in which the two counts are compared). Plain: SIGSEGV when the thread wakes.
+#[test]
+fn thread_started_behind_rseqrts_back() {
+    run_cases("thread started behind rseqrt's back", &[Case { plain_in: &[Mode::Glibc], modes: &[Mode::Glibc], ..both("bypass") }]);
 }
 
 /// 8. No membarrier: blocked, signal-blocking and spinning stale threads (descriptor in a

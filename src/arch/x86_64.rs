@@ -232,7 +232,42 @@ interpose! {
     "sigwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigwaitinfo" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigtimedwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "clone" => [("v2_2_5", "@@GLIBC_2.2.5")],
 }
+
+// `clone()` is variadic and its arguments must reach the C library's untouched: the interposer
+// saves the argument registers around a call that notes the clone and finds the C library's
+// entry (`crate::census::clone_target`), then jumps there.
+#[cfg(feature = "c-library")]
+global_asm!(
+    ".pushsection .text.rseqrt_interpose,\"ax\",@progbits",
+    ".globl rseqrt_interpose_clone",
+    ".hidden rseqrt_interpose_clone",
+    ".type rseqrt_interpose_clone,@function",
+    "rseqrt_interpose_clone:",
+    ".cfi_startproc",
+    "pushq %rdi", ".cfi_adjust_cfa_offset 8",
+    "pushq %rsi", ".cfi_adjust_cfa_offset 8",
+    "pushq %rdx", ".cfi_adjust_cfa_offset 8",
+    "pushq %rcx", ".cfi_adjust_cfa_offset 8",
+    "pushq %r8", ".cfi_adjust_cfa_offset 8",
+    "pushq %r9", ".cfi_adjust_cfa_offset 8",
+    "subq $8, %rsp", ".cfi_adjust_cfa_offset 8", // 16-byte alignment for the call
+    "call {target}",
+    "addq $8, %rsp", ".cfi_adjust_cfa_offset -8",
+    "popq %r9", ".cfi_adjust_cfa_offset -8",
+    "popq %r8", ".cfi_adjust_cfa_offset -8",
+    "popq %rcx", ".cfi_adjust_cfa_offset -8",
+    "popq %rdx", ".cfi_adjust_cfa_offset -8",
+    "popq %rsi", ".cfi_adjust_cfa_offset -8",
+    "popq %rdi", ".cfi_adjust_cfa_offset -8",
+    "jmp *%rax",
+    ".cfi_endproc",
+    ".size rseqrt_interpose_clone,.-rseqrt_interpose_clone",
+    ".popsection",
+    target = sym crate::census::clone_target,
+    options(att_syntax)
+);
 
 /// Address of rseqrt's default-version `pthread_create` entry (0 without the C library build).
 /// Read from a data word next to the thunks: a Rust reference to a `.symver`ed thunk makes the

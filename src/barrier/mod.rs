@@ -184,7 +184,13 @@ fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect; BA
     let mine = state::current_area();
     let mut n = 0;
     guard.for_each_live(|tid, area| {
-        if n < BATCH && area != mine && !area.is_null() && classify.refers(read_cs(area)) {
+        if area == mine || area.is_null() {
+            return;
+        }
+        // The zero test inline: most threads hold no `rseq_cs`, and a loop this short keeps many
+        // of these (cache- and TLB-missing) loads in flight at once.
+        let value = read_cs(area);
+        if value != 0 && n < BATCH && classify.refers(value) {
             out[n] = Suspect { tid, area };
             n += 1;
         }

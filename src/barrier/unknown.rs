@@ -9,14 +9,16 @@
 //!   registration glibc's threads have no area, so there is nothing to reach. A raw `clone()`
 //!   thread that blocks the signal with a raw system call cannot be reached at all (README).
 //!
-//! Detection costs one `fstat()` per barrier (`platform::thread_count`); the rest runs only when
-//! the process has more threads than the registry knows.
+//! Detection costs nothing while glibc's thread count agrees with the registry (`census`);
+//! otherwise one `fstat()` (`platform::thread_count`), and the rest runs only when the process
+//! has more threads than the registry knows.
 //!
 //! Guarantees: allocation-free (fixed arrays on the stack); async-signal-safe except the glibc
 //! broadcast, which `SIGNAL_SAFE` callers never reach (they get EAGAIN).
 
 use super::acked::Rounds;
 use super::{broadcast, SIGNAL_SAFE};
+use crate::census;
 use crate::platform::{self, Errno};
 use crate::registry::{self, ReadGuard};
 use crate::signal;
@@ -31,6 +33,9 @@ const KNOWN_CELLS: usize = 256;
 /// `all_unknown`: treat every thread as unknown (rseqrt was loaded too late to own registration,
 /// and some other library may have registered areas it cannot see).
 pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, all_unknown: bool, deadline: impl Fn() -> u64) -> Result<(), Errno> {
+    if !all_unknown && census::all_threads_known() {
+        return Ok(());
+    }
     // Known first: a thread that registers between the two reads then errs towards the slow path.
     let known_count = if all_unknown { 0 } else { registry::known_threads() };
     if platform::thread_count().is_ok_and(|n| n <= known_count) {
