@@ -175,51 +175,79 @@ static int __attribute__((unused)) count_stale(void)
 
 /* ---- dlclose ----------------------------------------------------------------------------- */
 
+#ifdef WITH_RSEQRT
+/* One rseqrt_dlclose() (or plain dlclose() when k < 0) of a fresh load of the plugin after k
+ * workers ran its critical section; returns the time the close took. *stale (if not NULL): how
+ * many workers held a stale rseq_cs just before the close. */
+static uint64_t timed_close(const char *plugin, int k, int *stale)
+{
+    void *h = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        fprintf(stderr, "dlopen: %s\n", dlerror());
+        exit(2);
+    }
+    int (*inc)(long *) = (int (*)(long *))dlsym(h, "selftest_inc");
+    if (k > 0)
+        make_stale(k, inc);
+    if (stale)
+        *stale = count_stale();
+    uint64_t t0 = now_ns();
+    int rc = k < 0 ? dlclose(h) : rseqrt_dlclose(h);
+    uint64_t t1 = now_ns();
+    if (rc != 0) {
+        fprintf(stderr, "dlclose failed: %s\n", dlerror());
+        exit(3);
+    }
+    return t1 - t0;
+}
+
+/* The floor of any barrier that reads every thread's rseq_cs: one load from each worker's area
+ * (a plain loop, no registry, no system call). */
+static uint64_t timed_scan_floor(void)
+{
+    uint64_t sum = 0, t0 = now_ns();
+    for (int i = 0; i < nworkers; i++)
+        sum += __atomic_load_n(atomic_load(&workers[i].rseq_cs), __ATOMIC_RELAXED);
+    uint64_t t1 = now_ns();
+    __asm__ volatile("" ::"r"(sum));
+    return t1 - t0;
+}
+#endif
+
+/* rseqrt_dlclose() against dlclose() of the same plugin. Plain, none-referring and
+ * one-referring closes alternate iteration by iteration; the all-referring closes, which wake
+ * every worker, run in a block of their own after them, so that the idle workers of the other
+ * variants stay idle. */
 static void bench_dlclose(const char *plugin, int threads, int reps, int iters)
 {
 #ifdef WITH_RSEQRT
     start_workers(threads);
-    int ks[3] = {0, 1, threads};
-    int nk = threads > 1 ? 3 : 2;
-    const char *knames[3] = {"rseqrt_k0", "rseqrt_k1", "rseqrt_kall"};
-    uint64_t *plain = calloc((size_t)iters, 8), *rs[3];
-    for (int j = 0; j < 3; j++)
-        rs[j] = calloc((size_t)iters, 8);
+    uint64_t *plain = calloc((size_t)iters, 8), *k0 = calloc((size_t)iters, 8), *k1 = calloc((size_t)iters, 8),
+             *kall = calloc((size_t)iters, 8), *floor = calloc((size_t)iters, 8);
     double stale_sum = 0;
     int stale_n = 0;
     for (int r = 0; r < reps; r++) {
         for (int i = 0; i < iters; i++) {
-            for (int j = -1; j < nk; j++) {
-                void *h = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
-                if (!h) {
-                    fprintf(stderr, "dlopen: %s\n", dlerror());
-                    exit(2);
-                }
-                int (*inc)(long *) = (int (*)(long *))dlsym(h, "selftest_inc");
-                if (j >= 0 && ks[j] > 0) {
-                    make_stale(ks[j], inc);
-                    int s = count_stale();
-                    if (j == nk - 1 && s >= 0) {
-                        stale_sum += s;
-                        stale_n++;
-                    }
-                }
-                uint64_t t0 = now_ns();
-                int rc = j < 0 ? dlclose(h) : rseqrt_dlclose(h);
-                uint64_t t1 = now_ns();
-                if (rc != 0) {
-                    fprintf(stderr, "dlclose failed: %s\n", dlerror());
-                    exit(3);
-                }
-                if (j < 0)
-                    plain[i] = t1 - t0;
-                else
-                    rs[j][i] = t1 - t0;
+            plain[i] = timed_close(plugin, -1, NULL);
+            k0[i] = timed_close(plugin, 0, NULL);
+            k1[i] = timed_close(plugin, 1, NULL);
+            (void)timed_close(plugin, -1, NULL); /* the floor too is read right after a dlclose */
+            floor[i] = timed_scan_floor();
+        }
+        for (int i = 0; i < iters && threads > 1; i++) {
+            int s;
+            kall[i] = timed_close(plugin, threads, &s);
+            if (s >= 0) {
+                stale_sum += s;
+                stale_n++;
             }
         }
         report("plain", plain, iters);
-        for (int j = 0; j < nk; j++)
-            report(knames[j], rs[j], iters);
+        report("rseqrt_k0", k0, iters);
+        report("rseqrt_k1", k1, iters);
+        if (threads > 1)
+            report("rseqrt_kall", kall, iters);
+        report("scan_floor", floor, iters);
     }
     if (stale_n)
         printf("# stale_all %.1f\n", stale_sum / stale_n);
@@ -271,37 +299,44 @@ static void bench_barrier(const char *plugin, int threads, int reps, int iters)
     for (int m = 0; m < NM; m++)
         s[m] = calloc((size_t)iters, 8);
     uid_t uid = getuid();
+    /* Two blocks per repetition: first the calls that leave blocked threads asleep (rseqrt with
+     * none stale, membarrier), then those that wake every thread, so that "idle" means idle. */
+    const int block_of[NM] = {[IDLE] = 0, [MEMB] = 0, [STALE] = 1, [NAIVE] = 1, [GLIBC] = 1};
     for (int r = 0; r < reps; r++) {
-        for (int i = 0; i < iters; i++) {
-            for (int m = 0; m < NM; m++) {
+        for (int block = 0; block < 2; block++) {
+            for (int i = 0; i < iters; i++) {
+                for (int m = 0; m < NM; m++) {
+                    if (block_of[m] != block)
+                        continue;
 #ifndef WITH_RSEQRT
-                if (m == IDLE || m == STALE)
-                    continue;
+                    if (m == IDLE || m == STALE)
+                        continue;
 #endif
-                if (m == STALE)
-                    make_stale(threads, inc);
-                uint64_t t0 = now_ns();
-                switch (m) {
+                    if (m == STALE)
+                        make_stale(threads, inc);
+                    uint64_t t0 = now_ns();
+                    switch (m) {
 #ifdef WITH_RSEQRT
-                case IDLE:
-                case STALE:
-                    if (rseqrt_clear_all(0) != 0)
-                        die("rseqrt_clear_all");
-                    break;
+                    case IDLE:
+                    case STALE:
+                        if (rseqrt_clear_all(0) != 0)
+                            die("rseqrt_clear_all");
+                        break;
 #endif
-                case NAIVE:
-                    naive_broadcast();
-                    break;
-                case GLIBC:
-                    if (setuid(uid) != 0)
-                        die("setuid");
-                    break;
-                case MEMB:
-                    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0)
-                        die("membarrier");
-                    break;
+                    case NAIVE:
+                        naive_broadcast();
+                        break;
+                    case GLIBC:
+                        if (setuid(uid) != 0)
+                            die("setuid");
+                        break;
+                    case MEMB:
+                        if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) != 0)
+                            die("membarrier");
+                        break;
+                    }
+                    s[m][i] = now_ns() - t0;
                 }
-                s[m][i] = now_ns() - t0;
             }
         }
         for (int m = 0; m < NM; m++) {
@@ -371,6 +406,13 @@ static void *empty(void *arg)
 
 static void bench_threads(int reps, int iters)
 {
+    /* One CPU for creator and thread: otherwise where the scheduler puts the new thread, not
+     * what either C library does, decides the time. */
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu(), &one);
+    if (sched_setaffinity(0, sizeof one, &one) != 0)
+        die("sched_setaffinity");
     uint64_t *s = calloc((size_t)iters, 8);
     for (int i = 0; i < 20; i++) { /* warm up: stacks cached, lazy bindings resolved */
         pthread_t t;
