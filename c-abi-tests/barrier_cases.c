@@ -22,20 +22,27 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
 #include <linux/futex.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "test_common.h" /* crash_common.h, rseq_cs.h, <rseqrt.h> and the shared helpers */
@@ -815,6 +822,8 @@ static volatile pid_t raw_ctid;
 static struct rseq_cs_area *_Atomic raw_area;
 
 static int raw_unknown; /* register with the raw system call, block nothing: unknown to rseqrt */
+static int raw_use___clone; /* start it with glibc's other name for clone() */
+extern int __clone(int (*fn)(void *), void *stack, int flags, void *arg, ...);
 
 static int raw_thread(void *arg)
 {
@@ -886,7 +895,8 @@ static void start_raw_thread(void)
     char *stack = map_pages(stack_len / pagesz);
     int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
                 CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
-    if (clone(raw_thread, stack + stack_len - 64, flags, NULL, &raw_ctid, ntp, &raw_ctid) < 0)
+    int (*start)(int (*)(void *), void *, int, void *, ...) = raw_use___clone ? __clone : clone;
+    if (start(raw_thread, stack + stack_len - 64, flags, NULL, &raw_ctid, ntp, &raw_ctid) < 0)
         die(2, "clone: %s", strerror(errno));
     double t0 = now_ms();
     while (atomic_load(&raw_state) == 0) {
@@ -964,6 +974,129 @@ static void sc_rawunknown(void)
     free_range(raw_page, pagesz, "page");
     raw_wake_and_wait();
     check(atomic_load(&raw_state) == 3, "woken, the raw thread returned to user space and exited");
+    printf("survived\n");
+}
+
+/* The same, started with __clone(), glibc's other name for clone(). */
+static void sc_rawunknown___clone(void)
+{
+    raw_use___clone = 1;
+    sc_rawunknown();
+}
+
+/* The cheap unknown-thread check (glibc's thread count against the registry's) really spares
+ * the system call, and gives way to it when it must. rseqrt's thread count is an fstat() of
+ * /proc/self/task; a seccomp filter on the calling thread traps fstat (SIGSYS, answered with
+ * ENOSYS, counted): with 8 idle threads all known, 20 barriers make no fstat; with a thread
+ * glibc started behind rseqrt's back, every barrier tries it; after a raw clone() thread has
+ * existed (gone again), every barrier tries it too. */
+static atomic_int fstat_traps;
+
+static void count_fstat(int sig, siginfo_t *si, void *ucontext)
+{
+    (void)sig;
+    (void)si;
+    atomic_fetch_add(&fstat_traps, 1);
+    ((ucontext_t *)ucontext)->uc_mcontext.gregs[REG_RAX] = -ENOSYS;
+}
+
+static void trap_fstat_in_this_thread(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = count_fstat;
+    sa.sa_flags = SA_SIGINFO;
+    if (sigaction(SIGSYS, &sa, NULL) != 0)
+        die(2, "sigaction(SIGSYS): %s", strerror(errno));
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_fstat, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof filter / sizeof filter[0], filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
+        die(2, "seccomp: %s", strerror(errno));
+}
+
+static atomic_int census_started;
+
+static void *census_idle(void *arg)
+{
+    sem_t *stop = arg;
+    atomic_fetch_add(&census_started, 1); /* rseqrt's start prologue has run: the thread is known */
+    while (sem_wait(stop) != 0)
+        ;
+    return NULL;
+}
+
+static int census_barriers(const char *what)
+{
+    static char unrelated[4096] __attribute__((aligned(4096)));
+    int before = atomic_load(&fstat_traps);
+    for (int i = 0; i < 20; i++)
+        if (rseqrt_clear(unrelated, sizeof unrelated, 0) != 0)
+            fail("rseqrt_clear %s: errno %d", what, errno);
+    return atomic_load(&fstat_traps) - before;
+}
+
+static int census_raw_exit(void *arg)
+{
+    (void)arg;
+    syscall(SYS_exit, 0); /* touches no TLS: it shares the creator's */
+    return 0;
+}
+
+static void sc_census(void)
+{
+    enum { IDLE = 8 };
+    sem_t stop;
+    sem_init(&stop, 0, 0);
+    pthread_t idle[IDLE];
+    for (int i = 0; i < IDLE; i++)
+        if (pthread_create(&idle[i], NULL, census_idle, &stop) != 0)
+            die(2, "pthread_create");
+    wait_value(&census_started, IDLE, 1, "the idle threads to start");
+    trap_fstat_in_this_thread();
+    int known = census_barriers("with every thread known");
+    check(known == 0, "%d idle threads, all known: 20 barriers, %d fstat calls", IDLE, known);
+
+    void *libc_handle = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    int (*glibc_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
+        (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))(libc_handle ? dlvsym(libc_handle, "pthread_create", "GLIBC_2.34") : NULL);
+    if (!glibc_create)
+        die(2, "dlvsym(pthread_create@GLIBC_2.34): %s", dlerror());
+    pthread_t behind;
+    sem_t behind_stop;
+    sem_init(&behind_stop, 0, 0);
+    if (glibc_create(&behind, NULL, census_idle, &behind_stop) != 0)
+        die(2, "glibc's pthread_create");
+    int unknown = census_barriers("with a thread rseqrt did not start");
+    check(unknown >= 20, "a thread started behind rseqrt's back: 20 barriers, %d fstat calls", unknown);
+    sem_post(&behind_stop);
+    pthread_join(behind, NULL);
+    int again = census_barriers("after it exited");
+    check(again == 0, "once it has exited: 20 barriers, %d fstat calls", again);
+
+    size_t stack_len = 64 * 1024;
+    char *stack = map_pages(stack_len / pagesz);
+    static volatile pid_t raw_tid = 1;
+    int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
+                CLONE_CHILD_CLEARTID;
+    if (clone(census_raw_exit, stack + stack_len - 64, flags, NULL, NULL, NULL, &raw_tid) < 0)
+        die(2, "clone: %s", strerror(errno));
+    while (raw_tid != 0)
+        sleep_ms(1);
+    int raw = census_barriers("after a raw clone() thread");
+    check(raw >= 20, "after a raw clone() thread (exited): 20 barriers, %d fstat calls", raw);
+
+    for (int i = 0; i < IDLE; i++)
+        sem_post(&stop);
+    for (int i = 0; i < IDLE; i++)
+        pthread_join(idle[i], NULL);
     printf("survived\n");
 }
 
@@ -1459,7 +1592,9 @@ static const struct scenario scenarios[] = {
     {"unreachable", sc_unreachable, NULL, 0},
     {"rawmask", sc_rawmask, NULL, 0},
     {"rawunknown", sc_rawunknown, NULL, 0},
+    {"rawunknown-__clone", sc_rawunknown___clone, NULL, 0},
     {"bypass", sc_bypass, NULL, 0},
+    {"census", sc_census, NULL, 0},
     {"mixed", NULL, sc_mixed, 1},
     {"sigmask", NULL, sc_sigmask, 0},
     {"signal-fn", sc_signal_fn, NULL, 0},

@@ -14,6 +14,7 @@ pub extern "C" fn run() {
     crate::config::load();
     real::resolve_all();
     crate::libc_private::init();
+    crate::census::init();
     crate::unmap::note_startup_objects();
     if state::owner() == Owner::SelfOwned {
         if !thread::pthread_create_is_ours() {

@@ -51,8 +51,6 @@ static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
 static FREE_HINT: AtomicUsize = AtomicUsize::new(0);
 /// Slots in state LIVE: threads whose id and area the registry holds.
 static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
-/// Slots released so far (never decreases), for `census`.
-static EXITS: AtomicUsize = AtomicUsize::new(0);
 /// Ticket of the most recently started barrier.
 static BARRIER_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Tickets of running barriers (0: cell free; `PENDING`: taking a ticket).
@@ -129,8 +127,6 @@ pub fn activate(idx: SlotIndex, tid: i32, area: *mut RseqrtArea) {
 /// Frees a slot, then waits until no barrier may still read the area it described.
 pub fn release(idx: SlotIndex) {
     let Some(s) = slot(idx) else { return };
-    // The exit count first: `census` relies on seeing it before the LIVE count drops.
-    EXITS.fetch_add(1, SeqCst);
     if s.state.swap(FREE, SeqCst) == LIVE {
         LIVE_COUNT.fetch_sub(1, SeqCst);
     }
@@ -152,11 +148,6 @@ pub fn release(idx: SlotIndex) {
 /// barrier then treats them as unknown, the safe direction.
 pub fn known_threads() -> usize {
     LIVE_COUNT.load(SeqCst)
-}
-
-/// How many slots have been released so far: a count that only grows.
-pub fn exits() -> usize {
-    EXITS.load(SeqCst)
 }
 
 /// Proof that the holder may read the areas of slots it sees LIVE: their threads cannot finish

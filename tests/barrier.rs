@@ -141,8 +141,10 @@ fn failed_barrier_frees_nothing() {
         &[
             both("unreachable").env("RSEQRT_TIMEOUT_MS", "200"),
             both("rawmask"),
-            // A raw clone() thread unknown to both rseqrt and glibc is found and signalled.
+            // A raw clone() thread unknown to both rseqrt and glibc is found and signalled,
+            // also when started with __clone(), glibc's other name for clone().
             both("rawunknown"),
+            both("rawunknown-__clone"),
         ],
     );
 }
@@ -154,6 +156,16 @@ fn failed_barrier_frees_nothing() {
 #[test]
 fn thread_started_behind_rseqrts_back() {
     run_cases("thread started behind rseqrt's back", &[Case { plain_in: &[Mode::Glibc], modes: &[Mode::Glibc], ..both("bypass") }]);
+}
+
+/// 7c. The unknown-thread check costs no system call when glibc's thread count shows every
+/// thread known, and gives way to the fstat() thread count when it must: a seccomp filter traps
+/// the calling thread's fstat calls and counts them. 8 idle known threads: 20 barriers, none;
+/// a thread glibc started behind rseqrt's back: each barrier tries one; after it exited: none
+/// again; after a raw clone() thread has existed: each barrier tries one.
+#[test]
+fn unknown_thread_check_spares_the_system_call() {
+    run_cases("unknown-thread check", &[rseqrt("census")]);
 }
 
 /// 8. No membarrier: blocked, signal-blocking and spinning stale threads (descriptor in a

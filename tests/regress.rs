@@ -43,6 +43,8 @@ struct Programs {
     early_lib: PathBuf,
     slowshim: PathBuf,
     seccomp: PathBuf,
+    /// regress_late_clone.c: not linked with rseqrt (it loads it with dlopen).
+    late_clone: PathBuf,
 }
 
 /// The staged tree the programs are built and run against: `make stage`'s, or the one named by
@@ -113,6 +115,11 @@ fn programs() -> &'static Programs {
                 .libs(&["-pthread", "-ldl"]),
         );
         let example_plugin = shared("regress_example_plugin.so", "../examples/plugin.c", &[]);
+        let late_clone = compile(
+            &CompileSpec::new("regress_late_clone", &[src("regress_late_clone.c")])
+                .cflags(&warn)
+                .libs(&["-ldl"]),
+        );
         let preload_prog = compile(
             &CompileSpec::new("regress_preload", &[src("regress_preload.c")])
                 .cflags(&warn)
@@ -132,6 +139,7 @@ fn programs() -> &'static Programs {
             early_lib,
             slowshim,
             seccomp: seccomp_exec(),
+            late_clone,
         }
     })
 }
@@ -333,4 +341,24 @@ fn temporary_signal_masks() {
 #[test]
 fn dlclose_of_bogus_handles() {
     run_cases("bogus dlclose handles", &[case("bogus", &[]).rseqrt_only()]);
+}
+
+/// 9. A thread started by glibc's clone() (not pthread_create) registers rseq itself and holds a
+/// stale rseq_cs; only then does the program dlopen() rseqrt (glibc owner) and call
+/// rseqrt_munmap() on the descriptor's page: the thread's rseq_cs no longer refers to the page,
+/// and woken, it survives (plain munmap: SIGSEGV). rseqrt's clone() never saw that thread and
+/// glibc does not count it. Before the fix the barrier trusted glibc's thread count, which matched
+/// the registry's, and skipped the thread.
+#[test]
+fn raw_clone_thread_before_a_late_load() {
+    let p = programs();
+    let lib = path(&p.stage.lib("librseqrt.so"));
+    let prog = p.late_clone.as_path();
+    let mut f = Vec::new();
+    f.extend(go(suite().scenario("late-clone plain [glibc-owner]".into(), prog, &["plain"], Mode::Glibc, Expect::Segv)));
+    f.extend(go(suite()
+        .scenario("late-clone late [glibc-owner]".into(), prog, &["late", lib.as_str()], Mode::Glibc, Expect::Exit(0))
+        .owner(Mode::Glibc.owner())
+        .echo("observed")));
+    finish("raw clone() thread before a late load", f);
 }

@@ -233,18 +233,23 @@ interpose! {
     "sigwaitinfo" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigtimedwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "clone" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "__clone" => [("v2_2_5", "@@GLIBC_2.2.5")],
 }
 
-// `clone()` is variadic and its arguments must reach the C library's untouched: the interposer
-// saves the argument registers around a call that notes the clone and finds the C library's
-// entry (`crate::census::clone_target`), then jumps there.
+// `clone()` (and its other name `__clone()`) is variadic and its arguments must reach the C
+// library's untouched: the interposer saves the argument registers around a call that notes the
+// clone and finds the C library's entry (`crate::census::clone_target`), then jumps there. The
+// data words after it hold the thunks' addresses, for `clone_entries`.
 #[cfg(feature = "c-library")]
 global_asm!(
     ".pushsection .text.rseqrt_interpose,\"ax\",@progbits",
     ".globl rseqrt_interpose_clone",
     ".hidden rseqrt_interpose_clone",
     ".type rseqrt_interpose_clone,@function",
+    ".globl rseqrt_interpose___clone",
+    ".hidden rseqrt_interpose___clone",
     "rseqrt_interpose_clone:",
+    "rseqrt_interpose___clone:",
     ".cfi_startproc",
     "pushq %rdi", ".cfi_adjust_cfa_offset 8",
     "pushq %rsi", ".cfi_adjust_cfa_offset 8",
@@ -265,6 +270,14 @@ global_asm!(
     ".cfi_endproc",
     ".size rseqrt_interpose_clone,.-rseqrt_interpose_clone",
     ".popsection",
+    ".pushsection .data.rel.ro.rseqrt_interpose,\"aw\",@progbits",
+    ".p2align 3",
+    ".globl rseqrt_clone_entries",
+    ".hidden rseqrt_clone_entries",
+    "rseqrt_clone_entries:",
+    ".quad rseqrt_thunk_clone_v2_2_5",
+    ".quad rseqrt_thunk___clone_v2_2_5",
+    ".popsection",
     target = sym crate::census::clone_target,
     options(att_syntax)
 );
@@ -283,6 +296,18 @@ pub fn pthread_create_entry() -> usize {
     }
     #[cfg(not(feature = "c-library"))]
     0
+}
+
+/// Addresses of rseqrt's default-version `clone` and `__clone` entries (read like
+/// [`pthread_create_entry`]).
+#[cfg(feature = "c-library")]
+pub fn clone_entries() -> (usize, usize) {
+    extern "C" {
+        static rseqrt_clone_entries: [usize; 2];
+    }
+    // SAFETY: two read-only words the dynamic linker relocated to the thunks' addresses.
+    let [clone, under] = unsafe { core::ptr::addr_of!(rseqrt_clone_entries).read() };
+    (clone, under)
 }
 
 // The start routine rseqrt hands to the C library's pthread_create. It runs the Rust prologue

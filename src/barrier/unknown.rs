@@ -33,7 +33,7 @@ const KNOWN_CELLS: usize = 256;
 /// `all_unknown`: treat every thread as unknown (rseqrt was loaded too late to own registration,
 /// and some other library may have registered areas it cannot see).
 pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, all_unknown: bool, deadline: impl Fn() -> u64) -> Result<(), Errno> {
-    if !all_unknown && census::all_threads_known() {
+    if !all_unknown && census::all_threads_known(guard) {
         return Ok(());
     }
     // Known first: a thread that registers between the two reads then errs towards the slow path.
