@@ -406,11 +406,17 @@ static void *empty(void *arg)
 
 static void bench_threads(int reps, int iters)
 {
-    /* One CPU for creator and thread: otherwise where the scheduler puts the new thread, not
-     * what either C library does, decides the time. */
-    cpu_set_t one;
+    /* One CPU for creator and thread, the same one for every variant (the first this process
+     * may use): otherwise where the scheduler puts the new thread, not what either C library
+     * does, decides the time. */
+    cpu_set_t allowed, one;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+        die("sched_getaffinity");
+    int cpu = 0;
+    while (cpu < CPU_SETSIZE - 1 && !CPU_ISSET(cpu, &allowed))
+        cpu++;
     CPU_ZERO(&one);
-    CPU_SET(sched_getcpu(), &one);
+    CPU_SET(cpu, &one);
     if (sched_setaffinity(0, sizeof one, &one) != 0)
         die("sched_setaffinity");
     uint64_t *s = calloc((size_t)iters, 8);

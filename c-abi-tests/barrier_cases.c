@@ -822,7 +822,8 @@ static volatile pid_t raw_ctid;
 static struct rseq_cs_area *_Atomic raw_area;
 
 static int raw_unknown; /* register with the raw system call, block nothing: unknown to rseqrt */
-static int raw_use___clone; /* start it with glibc's other name for clone() */
+/* What starts the raw thread: clone() unless a scenario says otherwise. */
+static int (*raw_starter)(int (*)(void *), void *, int, void *, ...) = clone;
 extern int __clone(int (*fn)(void *), void *stack, int flags, void *arg, ...);
 
 static int raw_thread(void *arg)
@@ -895,8 +896,7 @@ static void start_raw_thread(void)
     char *stack = map_pages(stack_len / pagesz);
     int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
                 CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
-    int (*start)(int (*)(void *), void *, int, void *, ...) = raw_use___clone ? __clone : clone;
-    if (start(raw_thread, stack + stack_len - 64, flags, NULL, &raw_ctid, ntp, &raw_ctid) < 0)
+    if (raw_starter(raw_thread, stack + stack_len - 64, flags, NULL, &raw_ctid, ntp, &raw_ctid) < 0)
         die(2, "clone: %s", strerror(errno));
     double t0 = now_ms();
     while (atomic_load(&raw_state) == 0) {
@@ -980,8 +980,46 @@ static void sc_rawunknown(void)
 /* The same, started with __clone(), glibc's other name for clone(). */
 static void sc_rawunknown___clone(void)
 {
-    raw_use___clone = 1;
+    raw_starter = __clone;
     sc_rawunknown();
+}
+
+/* The same, started by a plugin loaded with RTLD_DEEPBIND, whose clone() is the C library's. */
+static void sc_rawunknown_deepbind(const char *plugin)
+{
+    void *h = dlopen(plugin, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    void *start = h ? dlsym(h, "plugin_clone") : NULL;
+    if (!start)
+        die(2, "dlopen(%s, RTLD_DEEPBIND): %s", plugin, dlerror());
+    check(start != (void *)clone, "the plugin's clone() wrapper is not the program's clone()");
+    raw_starter = (int (*)(int (*)(void *), void *, int, void *, ...))start;
+    sc_rawunknown();
+}
+
+/* A thread started by the C library of a second link-map namespace (dlmopen): glibc registers it,
+ * but its count is that library's, which rseqrt does not read. (glibc owner only.) */
+static void sc_namespace(void)
+{
+    void *ns_libc = dlmopen(LM_ID_NEWLM, "libc.so.6", RTLD_NOW);
+    void *ns_create = ns_libc ? dlsym(ns_libc, "pthread_create") : NULL;
+    if (!ns_create)
+        die(2, "dlmopen(LM_ID_NEWLM, libc.so.6): %s", dlerror());
+    check(ns_create != dlsym(RTLD_DEFAULT, "pthread_create"), "the second namespace has a pthread_create of its own");
+    struct rseq_cs_desc *p = desc_page();
+    struct stale s;
+    stale_creator = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))ns_create;
+    stale_start(&s, ST_READ, "namespace", p);
+    stale_creator = pthread_create;
+    check(refers(stale_cs_now(&s), p, pagesz), "its thread holds a stale rseq_cs into the page");
+    free_range(p, pagesz, "page"); /* plain: the thread's kernel reads the freed page when woken */
+    if (use_rseqrt)
+        check(!refers(stale_cs_now(&s), p, pagesz), "after the barrier it no longer does");
+    /* Woken, it returns to user space and exits (not joined: the other C library owns it). */
+    atomic_store(&s.stop, 1);
+    if (write(s.pipe[1], "q", 1) != 1)
+        die(2, "write");
+    wait_value(&s.done, 1, 1, "the namespace's thread to finish");
+    printf("survived\n");
 }
 
 /* The cheap unknown-thread check (glibc's thread count against the registry's) really spares
@@ -1593,6 +1631,8 @@ static const struct scenario scenarios[] = {
     {"rawmask", sc_rawmask, NULL, 0},
     {"rawunknown", sc_rawunknown, NULL, 0},
     {"rawunknown-__clone", sc_rawunknown___clone, NULL, 0},
+    {"rawunknown-deepbind", NULL, sc_rawunknown_deepbind, 1},
+    {"namespace", sc_namespace, NULL, 0},
     {"bypass", sc_bypass, NULL, 0},
     {"census", sc_census, NULL, 0},
     {"mixed", NULL, sc_mixed, 1},

@@ -6,17 +6,21 @@
  *   LD_PRELOAD=.../rseqrt/librseqrt_preload.so ./unload ./plugin.so   # survives */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <unistd.h>
 
-static int wake[2], ready[2];
+static int wake[2];
+static atomic_int counted;
 
 static void *worker(void *count)
 {
     static long per_cpu[1024];
     char byte;
     ((int (*)(long *))count)(per_cpu);
-    (void)!write(ready[1], "r", 1);
+    /* No system call between the critical section and the read: a preemption there (say, by a
+     * thread it wakes) would let the kernel clear rseq_cs before the unload. */
+    atomic_store(&counted, 1);
     (void)!read(wake[0], &byte, 1); /* blocked in the kernel while the plugin goes away */
     return NULL;
 }
@@ -26,13 +30,14 @@ int main(int argc, char **argv)
     void *plugin = dlopen(argc > 1 ? argv[1] : "./plugin.so", RTLD_NOW);
     void *count = plugin ? dlsym(plugin, "plugin_count") : NULL;
     pthread_t thread;
-    char byte;
-    if (!count || pipe(wake) || pipe(ready)) {
+    if (!count || pipe(wake)) {
         fprintf(stderr, "unload: %s\n", plugin ? "no plugin_count" : dlerror());
         return 2;
     }
     pthread_create(&thread, NULL, worker, count);
-    (void)!read(ready[0], &byte, 1);
+    while (!atomic_load(&counted))
+        usleep(1000);
+    usleep(20000); /* by now the worker sleeps in read() */
     printf("worker counted through the plugin; unloading it now\n");
     fflush(stdout);
     if (dlclose(plugin) != 0) {

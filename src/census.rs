@@ -10,12 +10,18 @@
 //! glibc started behind rseqrt's back shows as glibc's count exceeding the LIVE count. See
 //! [`all_threads_known`] for why reading the two at different instants is sound.
 //!
-//! Threads glibc does not count are made visible another way: rseqrt's `clone()` and `__clone()`
-//! (for `CLONE_THREAD`) and [`rseqrt_register_current_thread`](crate::register_current_thread)
-//! mark the process, and so does the constructor when the program's `clone()` is not rseqrt's
-//! (rseqrt loaded by `dlopen`, or after the C library in lookup order). From then on every
-//! barrier takes the slow path. A thread started by a raw `clone` system call that registers its
-//! own rseq area is not seen (README).
+//! Threads this glibc does not count are made visible another way:
+//! - rseqrt's `clone()` and `__clone()` (for `CLONE_THREAD`), rseqrt's `dlopen()` with
+//!   `RTLD_DEEPBIND` (the object then binds to the C library's `clone()`), and
+//!   [`rseqrt_register_current_thread`](crate::register_current_thread) mark the process;
+//! - so does the constructor when the program's `clone()`, `__clone()` or `dlopen()` is not
+//!   rseqrt's (rseqrt loaded by `dlopen`, or after the C library in lookup order);
+//! - a second link-map namespace (`dlmopen`, audit modules) has a C library of its own, whose
+//!   threads only the slow path sees.
+//!
+//! From then on every barrier takes the slow path. Not seen: a thread started by a raw `clone`
+//! system call, or by the C library's `clone()` reached some other way (a `dlsym` handle on
+//! libc.so.6), that registers its own rseq area (README).
 //!
 //! Guarantees: async-signal-safe, malloc-free, lock-free (loads and one store).
 
@@ -40,10 +46,10 @@ pub fn note_uncounted_thread() {
 ///   sees `guard`'s ticket and waits for this barrier to end before it returns, and only then
 ///   does glibc decrement. So glibc's count is at least the LIVE count plus every live thread
 ///   glibc started that the registry does not know.
-/// * The mark is read last. A thread that marks the process (a raw clone's parent, an explicit
-///   registration) does so before the thread it stands for can be LIVE or registered. So if the
-///   mark is unseen, that thread did not count in the LIVE load, and it started after the
-///   barrier began.
+/// * The mark is read last. The parent of a raw clone marks the process before the clone, and an
+///   explicitly registered thread marks it before it enters the registry. So if the mark is
+///   unseen, a raw clone started after the barrier began, and an explicitly registered thread was
+///   not counted by the LIVE load.
 pub fn all_threads_known(_guard: &ReadGuard) -> bool {
     // Without rseqrt's `clone()` interposer (the Rust-only build), raw clones cannot be noticed.
     if !cfg!(feature = "c-library") {
@@ -51,14 +57,15 @@ pub fn all_threads_known(_guard: &ReadGuard) -> bool {
     }
     let live = registry::known_threads();
     let Some(libc_threads) = libc_private::thread_count() else { return false };
-    libc_threads <= live && !UNCOUNTED_THREADS.load(SeqCst)
+    libc_threads <= live && !crate::elf::has_other_namespaces() && !UNCOUNTED_THREADS.load(SeqCst)
 }
 
-/// Marks the process unless the program's `clone()` and `__clone()` are rseqrt's (constructor
-/// time: `dlsym` is not async-signal-safe).
+/// Marks the process unless the program's `clone()`, `__clone()` and `dlopen()` are rseqrt's
+/// (constructor time: `dlsym` is not async-signal-safe).
 #[cfg(feature = "c-library")]
 pub fn init() {
-    for (name, ours) in [(c"clone", crate::arch::clone_entries().0), (c"__clone", crate::arch::clone_entries().1)] {
+    let ours = crate::arch::census_entries();
+    for (name, ours) in [(c"clone", ours[0]), (c"__clone", ours[1]), (c"dlopen", ours[2])] {
         // SAFETY: a NUL-terminated name.
         let global = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) } as usize;
         if global != ours {
@@ -93,4 +100,25 @@ extern "C" fn clone_unavailable() -> libc::c_int {
     // SAFETY: the calling thread's errno.
     unsafe { *libc::__errno_location() = libc::ENOSYS };
     -1
+}
+
+/// Called by rseqrt's `dlopen()` interposer (`arch`) with the caller's arguments: an object
+/// loaded with `RTLD_DEEPBIND` binds to the C library's `clone()`, not rseqrt's, so the process
+/// is marked. Returns the C library's `dlopen()` to jump to (or a stub that returns NULL).
+/// Async-signal-safe once the constructor has run.
+#[cfg(feature = "c-library")]
+pub extern "C" fn dlopen_target(_file: usize, mode: libc::c_int) -> usize {
+    if mode & libc::RTLD_DEEPBIND != 0 {
+        note_uncounted_thread();
+    }
+    match crate::real::DLOPEN.get() {
+        0 => dlopen_unavailable as extern "C" fn() -> *mut libc::c_void as usize,
+        next => next,
+    }
+}
+
+/// `dlopen()` when the C library has none: NULL.
+#[cfg(feature = "c-library")]
+extern "C" fn dlopen_unavailable() -> *mut libc::c_void {
+    core::ptr::null_mut()
 }

@@ -57,6 +57,18 @@ pub fn is_loaded_object(map: *const LinkMap) -> bool {
     false
 }
 
+/// Whether the process has link-map namespaces besides the main one (`dlmopen`, audit modules).
+/// A plain load: the chain only grows, and a namespace created meanwhile holds no thread from
+/// before the caller looked.
+pub fn has_other_namespaces() -> bool {
+    // SAFETY: `_r_debug` is ld.so's, never freed; `r_next` is an aligned pointer-sized field that
+    // ld.so writes once when it sets up another namespace (read once, never dereferenced).
+    unsafe {
+        let main = core::ptr::addr_of!(_r_debug);
+        (*main).r_version >= 2 && !core::ptr::read_volatile(core::ptr::addr_of!((*main).r_next)).is_null()
+    }
+}
+
 pub const DT_NULL: i64 = 0;
 pub const DT_NEEDED: i64 = 1;
 pub const DT_HASH: i64 = 4;

@@ -13,8 +13,8 @@ pub extern "C" fn run() {
     thread::init_exit_hook();
     crate::config::load();
     real::resolve_all();
-    crate::libc_private::init();
     crate::census::init();
+    crate::libc_private::init();
     crate::unmap::note_startup_objects();
     if state::owner() == Owner::SelfOwned {
         if !thread::pthread_create_is_ours() {

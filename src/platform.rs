@@ -175,7 +175,13 @@ pub fn thread_count() -> SysResult<usize> {
     let fresh = unsafe {
         sys!(libc::SYS_openat, libc::AT_FDCWD, c"/proc/self/task".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
     }? as i32;
-    let st = fstat(fresh)?;
+    let st = match fstat(fresh) {
+        Ok(st) => st,
+        Err(e) => {
+            close(fresh); // published nowhere yet
+            return Err(e);
+        }
+    };
     // Publish the new descriptor; an old one is abandoned, not closed: it may be somebody else's
     // by now. (Two racing callers may both open one; the loser's stays open, unused.)
     TASK_DIR_INODE.store(st.st_ino, Relaxed);

@@ -63,12 +63,13 @@ pub static EPOLL_PWAIT: Next = Next::new(b"epoll_pwait\0");
 pub static EPOLL_PWAIT2: Next = Next::new(b"epoll_pwait2\0");
 pub static PTHREAD_ATTR_SETSIGMASK_NP: Next = Next::new(b"pthread_attr_setsigmask_np\0");
 pub static CLONE: Next = Next::new(b"clone\0");
+pub static DLOPEN: Next = Next::new(b"dlopen\0");
 
 /// Resolves every entry (constructor time).
 pub fn resolve_all() {
     for n in [
         &PTHREAD_CREATE, &THRD_CREATE, &PTHREAD_SIGMASK, &SIGPROCMASK, &SIGACTION, &SIGNAL, &SIGWAIT, &SIGWAITINFO, &SIGTIMEDWAIT, &DLCLOSE,
-        &SIGSUSPEND, &PPOLL, &PSELECT, &EPOLL_PWAIT, &EPOLL_PWAIT2, &PTHREAD_ATTR_SETSIGMASK_NP, &CLONE,
+        &SIGSUSPEND, &PPOLL, &PSELECT, &EPOLL_PWAIT, &EPOLL_PWAIT2, &PTHREAD_ATTR_SETSIGMASK_NP, &CLONE, &DLOPEN,
     ] {
         n.resolve();
     }

@@ -359,7 +359,7 @@ fn bench(o: &Opts) -> Result<(), String> {
         None => md.push_str("| preloaded munmap() | not measured: librseqrt_preload.so not found | | |\n"),
     }
 
-    md.push_str("\n## Thread start: pthread_create() + pthread_join()\n\nEach variant is a separate process, pinned to one CPU (the one it started on) so that creator and thread share it: unpinned, where the scheduler puts the new thread decides the time, and single runs varied from 0.7x to 1.7x here. The processes alternate, and the ratio pairs each repetition's runs.\n\n| variant | median | ratio to glibc alone |\n| --- | --- | --- |\n");
+    md.push_str("\n## Thread start: pthread_create() + pthread_join()\n\nEach variant is a separate process, pinned to one CPU (the same for all: the first it may use) so that creator and thread share it: unpinned, where the scheduler puts the new thread decides the time, and single runs varied from 0.7x to 1.7x here. The processes alternate, and the ratio pairs each repetition's runs.\n\n| variant | median | ratio to glibc alone |\n| --- | --- | --- |\n");
     for (name, words) in [("glibc", "glibc alone, glibc registers rseq (baseline)"), ("rseqrt_self", "linked with rseqrt, GLIBC_TUNABLES=glibc.pthread.rseq=0: rseqrt registers"),
                           ("rseqrt_libc", "linked with rseqrt, glibc registers, rseqrt adopts"), ("glibc_norseq", "glibc alone, glibc.pthread.rseq=0: no rseq at all")] {
         md.push_str(&format!("| {words} | {} | {} |\n", us(th.median(&format!("{name}.create_join"))), ratio_s(th.ratio(&format!("{name}.create_join"), "glibc.create_join"))));

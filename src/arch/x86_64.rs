@@ -234,51 +234,63 @@ interpose! {
     "sigtimedwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "clone" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "__clone" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "dlopen" => [("v2_34", "@@GLIBC_2.34"), ("v2_2_5", "@GLIBC_2.2.5")],
 }
 
-// `clone()` (and its other name `__clone()`) is variadic and its arguments must reach the C
-// library's untouched: the interposer saves the argument registers around a call that notes the
-// clone and finds the C library's entry (`crate::census::clone_target`), then jumps there. The
-// data words after it hold the thunks' addresses, for `clone_entries`.
+// Interposers that look at their arguments, note something, and then must hand the call on
+// untouched: `clone()` is variadic, and `dlopen()` finds its caller's object (namespace,
+// `$ORIGIN`) from its return address. Each saves the argument registers around a call to a Rust
+// function that gets the same arguments and returns the C library's entry, then restores them
+// and jumps there, so that the C library sees the caller's own frame.
+#[cfg(feature = "c-library")]
+macro_rules! tail_interposer {
+    ($target:path => $($label:literal),+) => {
+        global_asm!(
+            ".pushsection .text.rseqrt_interpose,\"ax\",@progbits",
+            $(concat!(".globl ", $label), concat!(".hidden ", $label), concat!(".type ", $label, ",@function"), concat!($label, ":"),)+
+            ".cfi_startproc",
+            "pushq %rdi", ".cfi_adjust_cfa_offset 8",
+            "pushq %rsi", ".cfi_adjust_cfa_offset 8",
+            "pushq %rdx", ".cfi_adjust_cfa_offset 8",
+            "pushq %rcx", ".cfi_adjust_cfa_offset 8",
+            "pushq %r8", ".cfi_adjust_cfa_offset 8",
+            "pushq %r9", ".cfi_adjust_cfa_offset 8",
+            "subq $8, %rsp", ".cfi_adjust_cfa_offset 8", // 16-byte alignment for the call
+            "call {target}",
+            "addq $8, %rsp", ".cfi_adjust_cfa_offset -8",
+            "popq %r9", ".cfi_adjust_cfa_offset -8",
+            "popq %r8", ".cfi_adjust_cfa_offset -8",
+            "popq %rcx", ".cfi_adjust_cfa_offset -8",
+            "popq %rdx", ".cfi_adjust_cfa_offset -8",
+            "popq %rsi", ".cfi_adjust_cfa_offset -8",
+            "popq %rdi", ".cfi_adjust_cfa_offset -8",
+            "jmp *%rax",
+            ".cfi_endproc",
+            ".popsection",
+            target = sym $target,
+            options(att_syntax)
+        );
+    };
+}
+
+#[cfg(feature = "c-library")]
+tail_interposer!(crate::census::clone_target => "rseqrt_interpose_clone", "rseqrt_interpose___clone");
+#[cfg(feature = "c-library")]
+tail_interposer!(crate::census::dlopen_target => "rseqrt_interpose_dlopen");
+
+// The default-version entries of the interposers `census` must find in the program's symbol
+// lookup (see `census_entries`).
 #[cfg(feature = "c-library")]
 global_asm!(
-    ".pushsection .text.rseqrt_interpose,\"ax\",@progbits",
-    ".globl rseqrt_interpose_clone",
-    ".hidden rseqrt_interpose_clone",
-    ".type rseqrt_interpose_clone,@function",
-    ".globl rseqrt_interpose___clone",
-    ".hidden rseqrt_interpose___clone",
-    "rseqrt_interpose_clone:",
-    "rseqrt_interpose___clone:",
-    ".cfi_startproc",
-    "pushq %rdi", ".cfi_adjust_cfa_offset 8",
-    "pushq %rsi", ".cfi_adjust_cfa_offset 8",
-    "pushq %rdx", ".cfi_adjust_cfa_offset 8",
-    "pushq %rcx", ".cfi_adjust_cfa_offset 8",
-    "pushq %r8", ".cfi_adjust_cfa_offset 8",
-    "pushq %r9", ".cfi_adjust_cfa_offset 8",
-    "subq $8, %rsp", ".cfi_adjust_cfa_offset 8", // 16-byte alignment for the call
-    "call {target}",
-    "addq $8, %rsp", ".cfi_adjust_cfa_offset -8",
-    "popq %r9", ".cfi_adjust_cfa_offset -8",
-    "popq %r8", ".cfi_adjust_cfa_offset -8",
-    "popq %rcx", ".cfi_adjust_cfa_offset -8",
-    "popq %rdx", ".cfi_adjust_cfa_offset -8",
-    "popq %rsi", ".cfi_adjust_cfa_offset -8",
-    "popq %rdi", ".cfi_adjust_cfa_offset -8",
-    "jmp *%rax",
-    ".cfi_endproc",
-    ".size rseqrt_interpose_clone,.-rseqrt_interpose_clone",
-    ".popsection",
     ".pushsection .data.rel.ro.rseqrt_interpose,\"aw\",@progbits",
     ".p2align 3",
-    ".globl rseqrt_clone_entries",
-    ".hidden rseqrt_clone_entries",
-    "rseqrt_clone_entries:",
+    ".globl rseqrt_census_entries",
+    ".hidden rseqrt_census_entries",
+    "rseqrt_census_entries:",
     ".quad rseqrt_thunk_clone_v2_2_5",
     ".quad rseqrt_thunk___clone_v2_2_5",
+    ".quad rseqrt_thunk_dlopen_v2_34",
     ".popsection",
-    target = sym crate::census::clone_target,
     options(att_syntax)
 );
 
@@ -298,16 +310,15 @@ pub fn pthread_create_entry() -> usize {
     0
 }
 
-/// Addresses of rseqrt's default-version `clone` and `__clone` entries (read like
+/// Addresses of rseqrt's default-version `clone`, `__clone` and `dlopen` entries (read like
 /// [`pthread_create_entry`]).
 #[cfg(feature = "c-library")]
-pub fn clone_entries() -> (usize, usize) {
+pub fn census_entries() -> [usize; 3] {
     extern "C" {
-        static rseqrt_clone_entries: [usize; 2];
+        static rseqrt_census_entries: [usize; 3];
     }
-    // SAFETY: two read-only words the dynamic linker relocated to the thunks' addresses.
-    let [clone, under] = unsafe { core::ptr::addr_of!(rseqrt_clone_entries).read() };
-    (clone, under)
+    // SAFETY: three read-only words the dynamic linker relocated to the thunks' addresses.
+    unsafe { core::ptr::addr_of!(rseqrt_census_entries).read() }
 }
 
 // The start routine rseqrt hands to the C library's pthread_create. It runs the Rust prologue
