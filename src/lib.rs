@@ -39,7 +39,7 @@ pub use platform::Errno;
 pub use state::Owner;
 
 use core::mem::offset_of;
-use core::ptr::{addr_of, read_volatile, NonNull};
+use core::ptr::NonNull;
 
 /// Who registered this process's rseq areas.
 ///
@@ -84,17 +84,16 @@ pub fn kernel_feature_size() -> u32 {
 /// kernel's feature size covers `needs` bytes. One TLS load (plus the field's) on the fast path.
 #[inline(always)]
 fn registered_field(offset: usize, needs: u32) -> Option<u32> {
-    let area = state::current_area();
+    let area = state::area_offset();
     // SAFETY: the calling thread's own area is valid memory for the life of the thread (TLS or
     // glibc's struct pthread) in every owner mode, including NONE (where cpu_id reads -2), and
     // `offset` is a field offset inside it.
-    unsafe {
-        let cpu = read_volatile(addr_of!((*area).cpu_id)) as i32;
-        if cpu < 0 || kernel_feature_size() < needs {
-            return None;
-        }
-        Some(read_volatile(area.cast::<u8>().add(offset).cast::<u32>()))
+    let read = |field: usize| unsafe { arch::tp_relative_read_u32(area + field as isize) };
+    let cpu = read(offset_of!(RseqrtArea, cpu_id)) as i32;
+    if cpu < 0 || (needs > 0 && kernel_feature_size() < needs) {
+        return None;
     }
+    Some(if offset == offset_of!(RseqrtArea, cpu_id) { cpu as u32 } else { read(offset) })
 }
 
 /// The CPU the calling thread runs on: the kernel-maintained `cpu_id`, or `getcpu(2)` when the
@@ -105,8 +104,15 @@ fn registered_field(offset: usize, needs: u32) -> Option<u32> {
 pub fn current_cpu() -> Result<u32, Errno> {
     match registered_field(offset_of!(RseqrtArea, cpu_id), 0) {
         Some(cpu) => Ok(cpu),
-        None => platform::getcpu().map(|(cpu, _)| cpu),
+        None => current_cpu_unregistered(),
     }
+}
+
+/// [`current_cpu`] for a thread without a registered area: the system call.
+#[cold]
+#[inline(never)]
+fn current_cpu_unregistered() -> Result<u32, Errno> {
+    platform::getcpu().map(|(cpu, _)| cpu)
 }
 
 /// The NUMA node of the calling thread's CPU.

@@ -125,6 +125,20 @@ pub fn thread_pointer() -> usize {
     tp
 }
 
+/// Reads the 32-bit word at `offset` from the thread pointer with one `%fs`-relative load (as
+/// glibc's `sched_getcpu()` reads its area), never merged with or dropped like a plain load
+/// (the kernel changes these words under the thread's feet).
+///
+/// # Safety
+/// `[tp + offset, tp + offset + 4)` must be memory of the calling thread's TLS block or TCB.
+#[inline(always)]
+pub unsafe fn tp_relative_read_u32(offset: isize) -> u32 {
+    let v: u32;
+    // SAFETY: the caller guarantees the address is the calling thread's own memory.
+    unsafe { asm!("movl %fs:({off}), {v:e}", off = in(reg) offset, v = out(reg) v, options(att_syntax, nostack, readonly, preserves_flags)) };
+    v
+}
+
 /// Offset of rseqrt's TLS rseq area from the thread pointer (negative: TLS variant II).
 /// Constant for the life of the process once this object is loaded.
 #[inline(always)]
