@@ -109,7 +109,8 @@ fn fork_during_a_barrier() {
 /// 4. A SIGUSR1 handler calls rseqrt_clear(RSEQRT_CLEAR_SIGNAL_SAFE): 0 when every thread is
 /// known to rseqrt; -1 EAGAIN (nothing freed, the helper still refers) when a glibc
 /// SIGEV_THREAD helper holds the stale pointer, which rseqrt_munmap outside the handler then
-/// clears.
+/// clears. Over memory the helper does not refer to, the signal-safe barrier returns 0: rseqrt
+/// reads the helper's area through glibc's thread list and needs no broadcast.
 #[test]
 fn barrier_from_a_signal_handler() {
     run_cases("barrier from a signal handler", &[both("sighandler"), both("sighandler-timer")]);

@@ -166,7 +166,7 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         result?;
         rounds.flush()?;
     }
-    unknown::cover(&guard, owner, flags, late, deadline_ns)
+    unknown::cover(&guard, owner, flags, late, deadline_ns, &mut |value| classify.refers(value) || classify_possible.refers(value))
 }
 
 /// The calling thread clears its own field directly: it is in user space, so its kernel is not

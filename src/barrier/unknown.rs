@@ -5,9 +5,12 @@
 //! * a thread that accepts the reserved signal gets it and acknowledges from the handler (the
 //!   acknowledgement table in `signal`), proving the delivery happened after the barrier began;
 //! * a thread that blocks it (glibc's helpers block every signal but glibc's own) is, where glibc
-//!   owns registration, reached by glibc's broadcast (`broadcast`); where rseqrt owns
-//!   registration glibc's threads have no area, so there is nothing to reach. A raw `clone()`
-//!   thread that blocks the signal with a raw system call cannot be reached at all (README).
+//!   owns registration, looked up in glibc's own thread list (`libc_private`), and its area read
+//!   there; only if its `rseq_cs` refers to the memory, or it cannot be found, does the barrier
+//!   use glibc's broadcast (`broadcast`), which signals every thread of the process. Where rseqrt
+//!   owns registration glibc's threads have no area, so there is nothing to reach. A raw
+//!   `clone()` thread that blocks the signal with a raw system call cannot be reached at all
+//!   (README).
 //!
 //! Detection costs nothing while glibc's thread count agrees with the registry (`census`);
 //! otherwise one `fstat()` (`platform::thread_count`), and the rest runs only when the process
@@ -19,6 +22,7 @@
 use super::acked::Rounds;
 use super::{broadcast, SIGNAL_SAFE};
 use crate::census;
+use crate::libc_private;
 use crate::platform::{self, Errno};
 use crate::registry::{self, ReadGuard};
 use crate::signal;
@@ -32,7 +36,16 @@ const KNOWN_CELLS: usize = 256;
 ///
 /// `all_unknown`: treat every thread as unknown (rseqrt was loaded too late to own registration,
 /// and some other library may have registered areas it cannot see).
-pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, all_unknown: bool, deadline: impl Fn() -> u64) -> Result<(), Errno> {
+///
+/// `refers(value)`: whether an `rseq_cs` holding `value` refers to the memory being freed.
+pub fn cover(
+    guard: &ReadGuard,
+    owner: Owner,
+    flags: u32,
+    all_unknown: bool,
+    deadline: impl Fn() -> u64,
+    refers: &mut dyn FnMut(u64) -> bool,
+) -> Result<(), Errno> {
     if !all_unknown && census::all_threads_known(guard) {
         return Ok(());
     }
@@ -57,6 +70,13 @@ pub fn cover(guard: &ReadGuard, owner: Owner, flags: u32, all_unknown: bool, dea
             return;
         }
         match signal::blocks_reserved(tid) {
+            // Where glibc registers, its area can be read through glibc's thread list: a field
+            // that does not refer to the memory needs nothing (the scan's rule, see `barrier`).
+            Ok(true) if owner == Owner::Libc => {
+                if libc_private::libc_thread_rseq_cs(tid).is_none_or(|value| refers(value)) {
+                    blocked_seen = true;
+                }
+            }
             Ok(true) => blocked_seen = true,
             Err(Errno(libc::ENOENT | libc::ESRCH)) => {} // gone already
             // Accepts the signal, or could not be inspected (out of descriptors, ...): signal it;
