@@ -31,6 +31,8 @@ use crate::state::Owner;
 /// Known thread ids kept in a small open-addressed table for the lookup (1 KiB of stack);
 /// beyond it, ids not found there are looked up in the registry itself.
 const KNOWN_CELLS: usize = 256;
+/// Unknown threads that block the signal whose areas one barrier looks up in glibc's list.
+const BLOCKED_LOOKUPS: usize = 16;
 
 /// Makes every thread the registry does not know take a signal, or fails without freeing.
 ///
@@ -63,6 +65,10 @@ pub fn cover(
 
     let me = platform::gettid();
     let mut blocked_seen = false;
+    // Unknown threads that block the signal, where glibc owns registration: looked up together
+    // in glibc's thread list after the listing (more than fit: the broadcast, as when not found).
+    let mut blocked = [0i32; BLOCKED_LOOKUPS];
+    let mut blocked_count = 0;
     let mut rounds = Rounds::new(false, flags, &deadline);
     let mut result = Ok(());
     platform::for_each_thread(|tid| {
@@ -72,10 +78,9 @@ pub fn cover(
         match signal::blocks_reserved(tid) {
             // Where glibc registers, its area can be read through glibc's thread list: a field
             // that does not refer to the memory needs nothing (the scan's rule, see `barrier`).
-            Ok(true) if owner == Owner::Libc => {
-                if libc_private::libc_thread_rseq_cs(tid).is_none_or(|value| refers(value)) {
-                    blocked_seen = true;
-                }
+            Ok(true) if owner == Owner::Libc && !blocked_seen && blocked_count < BLOCKED_LOOKUPS => {
+                blocked[blocked_count] = tid;
+                blocked_count += 1;
             }
             Ok(true) => blocked_seen = true,
             Err(Errno(libc::ENOENT | libc::ESRCH)) => {} // gone already
@@ -86,6 +91,14 @@ pub fn cover(
     })?;
     result?;
     rounds.flush()?;
+    if !blocked_seen && blocked_count > 0 {
+        // Their areas, read through glibc's list: one that does not refer to the memory needs
+        // nothing (the scan's rule, see `barrier`); one that does, or is not found, needs the
+        // broadcast.
+        let mut values = [None; BLOCKED_LOOKUPS];
+        libc_private::libc_threads_rseq_cs(&blocked[..blocked_count], &mut values[..blocked_count]);
+        blocked_seen = values[..blocked_count].iter().any(|v| v.is_none_or(|value| refers(value)));
+    }
     if blocked_seen && owner == Owner::Libc {
         if flags & SIGNAL_SAFE != 0 {
             return Err(Errno(libc::EAGAIN));
