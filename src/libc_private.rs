@@ -9,10 +9,11 @@
 //! The lists change while other threads start and exit, and an exited thread's stack may be
 //! unmapped, so they are walked with `process_vm_readv` (a read of memory that is gone fails
 //! instead of faulting) and for a bounded number of steps. A node unlinked under the walk can
-//! lead anywhere (into glibc's stack cache, whose head is no descriptor), so a node counts only
-//! if it looks like a live descriptor: its header's `tcb` and `self` words point to itself (as
-//! glibc sets them for every thread) and its thread id is the one sought. An exited thread's
-//! descriptor has id 0 (the kernel clears it), so only the live thread's own descriptor matches.
+//! lead anywhere (into glibc's stack cache, whose head is no descriptor), so a walk counts only
+//! if it went round its list consistently, and a node only if it looks like a live descriptor:
+//! its header's `tcb` and `self` words point to itself (as glibc sets them for every thread) and
+//! its thread id is the one sought. An exited thread's descriptor has id 0 (the kernel clears
+//! it), so only the live thread's own descriptor matches.
 //!
 //! Guarantees: after [`init`], every function is async-signal-safe, malloc-free and lock-free.
 
@@ -30,13 +31,15 @@ static LIST_HEADS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)]
 /// Byte offset of the list link in glibc's thread descriptor.
 static LINK_OFFSET: AtomicUsize = AtomicUsize::new(0);
 /// Descriptors found by earlier walks, by thread id: a hint, used only after the same check as
-/// a node of a walk ([`is_descriptor_of`]).
+/// a node of a walk ([`is_descriptor_of`]). Forgotten in a `fork()` child ([`after_fork`]), where
+/// glibc drops descriptors from its lists without clearing their ids.
 const HINTS: usize = 16;
 static HINT_TID: [AtomicI32; HINTS] = [const { AtomicI32::new(0) }; HINTS];
 static HINT_DESCRIPTOR: [AtomicUsize; HINTS] = [const { AtomicUsize::new(0) }; HINTS];
-/// Steps a walk of one list may take beyond glibc's thread count: a node unlinked while the walk
-/// stands on it leads into glibc's stack cache, a ring that never returns to the list's head.
-const WALK_SLACK: usize = 64;
+/// Steps a walk of one list may take.
+const MAX_WALK: usize = 1 << 16;
+/// `found` entry of a thread id that matched two descriptors: trusted for neither.
+const AMBIGUOUS: usize = usize::MAX;
 
 fn lookup(libc_handle: *mut libc::c_void, name: &CStr) -> *mut libc::c_void {
     // SAFETY: a handle from dlopen and NUL-terminated names.
@@ -84,9 +87,9 @@ pub fn init() {
     LIST_HEADS[0].store(rtld_global + used, Relaxed);
     LIST_HEADS[1].store(rtld_global + user, Relaxed);
     // The calling thread must be found, at its own descriptor.
-    let mut own = None;
-    find_descriptors(&[platform::gettid()], |_, pd| own = Some(pd));
-    if own != Some(pthread_self_addr()) {
+    let mut own = [0usize];
+    find_descriptors(&[platform::gettid()], &mut own);
+    if own[0] != pthread_self_addr() {
         LIST_HEADS[0].store(0, Relaxed);
         LIST_HEADS[1].store(0, Relaxed);
     }
@@ -118,64 +121,90 @@ fn is_descriptor_of(pd: usize, tid: i32) -> bool {
         && pd.checked_add(16).and_then(peek::<usize>) == Some(pd)
 }
 
-/// Calls `found(i, descriptor)` for each `tids[i]` found in glibc's thread lists: from the hints,
-/// then, for the rest, in one walk of each list. Threads not found (not started by glibc, gone,
-/// lists unknown) are not reported.
-fn find_descriptors(tids: &[i32], mut found: impl FnMut(usize, usize)) {
+/// Sets `found[i]` to the descriptor of each `tids[i]` found in glibc's thread lists (0: not
+/// found): from the hints, then, for the rest, in one walk of each list. A walk is trusted only
+/// if it went round its list consistently: every node's `prev` names the node the walk came from,
+/// and it got back to the head. A node moved to another list (glibc's stack cache) under the walk
+/// breaks that, and then nothing the walk found counts.
+fn find_descriptors(tids: &[i32], found: &mut [usize]) {
     let Ok(tid_offset) = usize::try_from(TID_OFFSET.load(Relaxed)) else { return };
     let hint_of = |tid: i32| tid as u32 as usize % HINTS;
-    let mut missing = 0;
+    let mut missing = false;
     for (i, &tid) in tids.iter().enumerate() {
         let h = hint_of(tid);
         let pd = HINT_DESCRIPTOR[h].load(Relaxed);
-        if HINT_TID[h].load(Relaxed) == tid && is_descriptor_of(pd, tid) {
-            found(i, pd);
-        } else {
-            missing += 1;
-        }
+        found[i] = if HINT_TID[h].load(Relaxed) == tid && is_descriptor_of(pd, tid) { pd } else { 0 };
+        missing |= found[i] == 0;
     }
-    if missing == 0 {
+    if !missing {
         return;
     }
-    let mut found = |i: usize, pd: usize| {
-        HINT_TID[hint_of(tids[i])].store(tids[i], Relaxed);
-        HINT_DESCRIPTOR[hint_of(tids[i])].store(pd, Relaxed);
-        found(i, pd)
-    };
+    let mut walked = [0usize; 64];
+    let walked = &mut walked[..tids.len().min(64)];
     let link = LINK_OFFSET.load(Relaxed);
-    let bound = thread_count().unwrap_or(0).saturating_add(WALK_SLACK);
     for head in &LIST_HEADS {
-        let head = head.load(Relaxed);
-        if head == 0 {
+        if !walk_list(head.load(Relaxed), link, tid_offset, tids, walked) {
             return;
         }
-        // `next` is the first word of a link.
-        let mut node = peek::<usize>(head);
-        for _ in 0..bound {
-            let Some(at) = node.filter(|&n| n != head && n >= link) else { break };
-            let pd = at - link;
-            // One read for the id; the header is checked only for a candidate.
-            if let Some(t) = pd.checked_add(tid_offset).and_then(peek::<i32>).filter(|&t| t > 0) {
-                if let Some(i) = tids.iter().position(|&want| want == t) {
-                    if is_descriptor_of(pd, t) {
-                        found(i, pd);
-                    }
-                }
-            }
-            node = peek::<usize>(at);
+    }
+    for (i, &pd) in walked.iter().enumerate() {
+        if found[i] == 0 && pd != 0 && pd != AMBIGUOUS {
+            found[i] = pd;
+            HINT_TID[hint_of(tids[i])].store(tids[i], Relaxed);
+            HINT_DESCRIPTOR[hint_of(tids[i])].store(pd, Relaxed);
         }
     }
+}
+
+/// One walk of the list at `head` (see [`find_descriptors`]); `false` if it was not consistent
+/// or the lists are unknown.
+fn walk_list(head: usize, link: usize, tid_offset: usize, tids: &[i32], found: &mut [usize]) -> bool {
+    if head == 0 {
+        return false;
+    }
+    // A link is (next, prev).
+    let Some(mut at) = peek::<usize>(head) else { return false };
+    let mut from = head;
+    for _ in 0..MAX_WALK {
+        if at == head {
+            // Round: the head's `prev` must be the last node.
+            return head.checked_add(8).and_then(peek::<usize>) == Some(from);
+        }
+        let Some(pd) = at.checked_sub(link) else { return false };
+        let Some([next, prev]) = peek::<[usize; 2]>(at) else { return false };
+        if prev != from {
+            return false;
+        }
+        if let Some(t) = pd.checked_add(tid_offset).and_then(peek::<i32>).filter(|&t| t > 0) {
+            if let Some(i) = tids.iter().position(|&want| want == t) {
+                if i < found.len() && is_descriptor_of(pd, t) {
+                    found[i] = if found[i] == 0 { pd } else { AMBIGUOUS };
+                }
+            }
+        }
+        from = at;
+        at = next;
+    }
+    false
 }
 
 /// For each `tids[i]` that glibc started and that is still alive, `values[i]` becomes its
 /// `rseq_cs`, read from glibc's area in its descriptor (the descriptor is its thread pointer on
 /// x86-64; the area is at glibc's `__rseq_offset`, which is rseqrt's
 /// [`area_offset`](crate::state::area_offset) where glibc owns registration). A value is kept
-/// only if the descriptor still names the thread after the read. Others stay `None`.
+/// only if the descriptor still names the thread after the read. Others stay `None`. At most 64
+/// ids.
 pub fn libc_threads_rseq_cs(tids: &[i32], values: &mut [Option<u64>]) {
     let Ok(tid_offset) = usize::try_from(TID_OFFSET.load(Relaxed)) else { return };
     let area = crate::state::area_offset();
-    find_descriptors(tids, |i, pd| {
+    let mut found = [0usize; 64];
+    let n = tids.len().min(64);
+    find_descriptors(&tids[..n], &mut found[..n]);
+    for i in 0..n {
+        let pd = found[i];
+        if pd == 0 {
+            continue;
+        }
         let field = pd.checked_add_signed(area).and_then(|a| a.checked_add(offset_of!(RseqrtArea, rseq_cs)));
         if let Some(value) = field.and_then(peek::<u64>) {
             // Still its descriptor (a descriptor reused by a new thread holds the new id).
@@ -183,7 +212,14 @@ pub fn libc_threads_rseq_cs(tids: &[i32], values: &mut [Option<u64>]) {
                 values[i] = Some(value);
             }
         }
-    });
+    }
+}
+
+/// In a `fork()` child: forget the hints (see [`HINT_TID`]).
+pub fn after_fork() {
+    for tid in &HINT_TID {
+        tid.store(0, Relaxed);
+    }
 }
 
 /// glibc's count of its live threads (incremented by `pthread_create()` before the clone,
@@ -244,39 +280,68 @@ mod tests {
         }
     }
 
-    /// A walk that a torn read sends from the list into another ring (glibc's stack cache,
-    /// whose head is no descriptor) neither takes that ring's head for a thread, even where its
-    /// words read as the id sought, nor walks forever; the threads on the list are found.
+    /// Points the walk at the list `head` and at `empty` (an empty list), forgets the hints.
+    fn point(head: usize, empty: &mut Fake) -> [usize; 3] {
+        empty.set_next(empty.link());
+        set_prev(empty, empty.link());
+        TID_OFFSET.store(TID_AT as isize, Relaxed);
+        LINK_OFFSET.store(LINK_AT, Relaxed);
+        LIST_HEADS[0].store(head, Relaxed);
+        LIST_HEADS[1].store(empty.link(), Relaxed);
+        after_fork();
+        [0; 3]
+    }
+
+    fn set_prev(f: &mut Fake, prev: usize) {
+        f.put(LINK_AT + 8, prev);
+    }
+
+    /// On a consistent list (every node's `prev` names the node before it, and the walk gets
+    /// back to the head) the threads are found, a word that merely holds a sought id is not, and
+    /// a descriptor reused by another thread no longer matches its hint. A walk that a node moved
+    /// to another ring (glibc's stack cache) under it leads astray finds nothing: not even what
+    /// it saw before the tear.
     #[test]
-    fn a_walk_torn_into_another_ring_finds_only_real_descriptors() {
-        let mut head = Fake::new(); // the list head: only its `next` word (at LINK_AT) is used
+    fn only_consistent_walks_find_descriptors() {
+        let mut head = Fake::new(); // only its link (at LINK_AT) is used
         let (mut a, mut b) = (Fake::new(), Fake::new());
         a.descriptor(101);
         b.descriptor(102);
-        // The other ring's head: at "descriptor + TID_AT" it holds 103, but it is no descriptor.
-        let mut cache = Fake::new();
+        let mut cache = Fake::new(); // holds 103 where a descriptor holds its id, but is none
         cache.0[TID_AT..TID_AT + 4].copy_from_slice(&103i32.to_ne_bytes());
         head.set_next(a.link());
         a.set_next(b.link());
-        b.set_next(cache.link()); // b was moved to the other ring while the walk stood on it
-        cache.set_next(cache.link()); // a ring that never comes back to the list's head
+        b.set_next(head.link());
+        set_prev(&mut a, head.link());
+        set_prev(&mut b, a.link());
+        set_prev(&mut head, b.link());
 
-        TID_OFFSET.store(TID_AT as isize, Relaxed);
-        LINK_OFFSET.store(LINK_AT, Relaxed);
-        LIST_HEADS[0].store(head.link(), Relaxed);
-        LIST_HEADS[1].store(0, Relaxed);
-        let mut seen = [None; 3];
-        find_descriptors(&[101, 102, 103], |i, pd| seen[i] = Some(pd));
-        assert_eq!(seen, [Some(a.addr()), Some(b.addr()), None]);
-        // Found again from the hints, which are checked the same way.
-        let mut again = [None; 2];
-        find_descriptors(&[101, 102], |i, pd| again[i] = Some(pd));
-        assert_eq!(again, [Some(a.addr()), Some(b.addr())]);
-        // A descriptor reused by another thread no longer matches its hint.
+        let mut empty = Fake::new();
+        let mut found = point(head.link(), &mut empty);
+        find_descriptors(&[101, 102, 103], &mut found);
+        assert_eq!(found, [a.addr(), b.addr(), 0]);
+        // From the hints; a reused descriptor (another id) does not match.
         b.descriptor(104);
-        let mut reused = [None; 1];
-        find_descriptors(&[102], |i, pd| reused[i] = Some(pd));
-        assert_eq!(reused, [None]);
+        let mut again = [0; 2];
+        find_descriptors(&[101, 102], &mut again);
+        assert_eq!(again, [a.addr(), 0]);
+
+        // b moved to the cache ring while the walk stood on a: b's prev is the cache's head, and
+        // the ring also holds d, descriptor-shaped with a live-looking id (a detached thread
+        // still exiting, or a descriptor glibc dropped from its lists in a fork child).
+        b.descriptor(102);
+        let mut d = Fake::new();
+        d.descriptor(103);
+        b.set_next(d.link());
+        set_prev(&mut b, cache.link());
+        d.set_next(cache.link());
+        set_prev(&mut d, b.link());
+        cache.set_next(b.link());
+        set_prev(&mut cache, d.link());
+        let mut torn = point(head.link(), &mut empty);
+        find_descriptors(&[101, 102, 103], &mut torn);
+        assert_eq!(torn, [0, 0, 0]);
         LIST_HEADS[0].store(0, Relaxed);
+        LIST_HEADS[1].store(0, Relaxed);
     }
 }

@@ -31,7 +31,7 @@ use crate::state::Owner;
 /// Known thread ids kept in a small open-addressed table for the lookup (1 KiB of stack);
 /// beyond it, ids not found there are looked up in the registry itself.
 const KNOWN_CELLS: usize = 256;
-/// Unknown threads that block the signal whose areas one barrier looks up in glibc's list.
+/// Unknown threads that block the signal, looked up in glibc's list together (one walk each).
 const BLOCKED_LOOKUPS: usize = 16;
 
 /// Makes every thread the registry does not know take a signal, or fails without freeing.
@@ -65,8 +65,8 @@ pub fn cover(
 
     let me = platform::gettid();
     let mut blocked_seen = false;
-    // Unknown threads that block the signal, where glibc owns registration: looked up together
-    // in glibc's thread list after the listing (more than fit: the broadcast, as when not found).
+    // Unknown threads that block the signal, where glibc owns registration: looked up in glibc's
+    // thread list in batches.
     let mut blocked = [0i32; BLOCKED_LOOKUPS];
     let mut blocked_count = 0;
     let mut rounds = Rounds::new(false, flags, &deadline);
@@ -78,9 +78,15 @@ pub fn cover(
         match signal::blocks_reserved(tid) {
             // Where glibc registers, its area can be read through glibc's thread list: a field
             // that does not refer to the memory needs nothing (the scan's rule, see `barrier`).
-            Ok(true) if owner == Owner::Libc && !blocked_seen && blocked_count < BLOCKED_LOOKUPS => {
-                blocked[blocked_count] = tid;
-                blocked_count += 1;
+            Ok(true) if owner == Owner::Libc => {
+                if !blocked_seen {
+                    blocked[blocked_count] = tid;
+                    blocked_count += 1;
+                    if blocked_count == BLOCKED_LOOKUPS {
+                        blocked_seen = needs_broadcast(&blocked, refers);
+                        blocked_count = 0;
+                    }
+                }
             }
             Ok(true) => blocked_seen = true,
             Err(Errno(libc::ENOENT | libc::ESRCH)) => {} // gone already
@@ -92,12 +98,7 @@ pub fn cover(
     result?;
     rounds.flush()?;
     if !blocked_seen && blocked_count > 0 {
-        // Their areas, read through glibc's list: one that does not refer to the memory needs
-        // nothing (the scan's rule, see `barrier`); one that does, or is not found, needs the
-        // broadcast.
-        let mut values = [None; BLOCKED_LOOKUPS];
-        libc_private::libc_threads_rseq_cs(&blocked[..blocked_count], &mut values[..blocked_count]);
-        blocked_seen = values[..blocked_count].iter().any(|v| v.is_none_or(|value| refers(value)));
+        blocked_seen = needs_broadcast(&blocked[..blocked_count], refers);
     }
     if blocked_seen && owner == Owner::Libc {
         if flags & SIGNAL_SAFE != 0 {
@@ -106,6 +107,15 @@ pub fn cover(
         broadcast::reach_every_libc_thread()?;
     }
     Ok(())
+}
+
+/// Whether any of `blocked` (glibc threads rseqrt does not know, blocking the signal) needs
+/// glibc's broadcast: their areas are read through glibc's list; one that does not refer to the
+/// memory needs nothing (the scan's rule, see `barrier`); one that does, or is not found, does.
+fn needs_broadcast(blocked: &[i32], refers: &mut dyn FnMut(u64) -> bool) -> bool {
+    let mut values = [None; BLOCKED_LOOKUPS];
+    libc_private::libc_threads_rseq_cs(blocked, &mut values[..blocked.len()]);
+    values[..blocked.len()].iter().any(|v| v.is_none_or(|value| refers(value)))
 }
 
 fn cell_of(tid: i32, i: usize) -> usize {
