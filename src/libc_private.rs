@@ -32,9 +32,13 @@ static LIST_HEADS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)]
 static LINK_OFFSET: AtomicUsize = AtomicUsize::new(0);
 /// Descriptors found by earlier walks, by thread id: a hint, used only after the same check as
 /// a node of a walk ([`is_descriptor_of`]). Forgotten in a `fork()` child ([`after_fork`]), where
-/// glibc drops descriptors from its lists without clearing their ids.
+/// glibc drops descriptors from its lists without clearing their ids, and in any other process
+/// than the one they were taken in ([`HINT_PID`]).
 const HINTS: usize = 16;
 static HINT_TID: [AtomicI32; HINTS] = [const { AtomicI32::new(0) }; HINTS];
+/// The process the hints were taken in: a child of `_Fork()` or of a raw fork runs no fork
+/// handlers, and there the parent's descriptors stay on glibc's lists with their ids.
+static HINT_PID: AtomicI32 = AtomicI32::new(0);
 static HINT_DESCRIPTOR: [AtomicUsize; HINTS] = [const { AtomicUsize::new(0) }; HINTS];
 /// Steps a walk of one list may take.
 const MAX_WALK: usize = 1 << 16;
@@ -129,6 +133,10 @@ fn is_descriptor_of(pd: usize, tid: i32) -> bool {
 fn find_descriptors(tids: &[i32], found: &mut [usize]) {
     let Ok(tid_offset) = usize::try_from(TID_OFFSET.load(Relaxed)) else { return };
     let hint_of = |tid: i32| tid as u32 as usize % HINTS;
+    let pid = platform::getpid();
+    if HINT_PID.swap(pid, Relaxed) != pid {
+        after_fork();
+    }
     let mut missing = false;
     for (i, &tid) in tids.iter().enumerate() {
         let h = hint_of(tid);
