@@ -115,7 +115,7 @@ pub fn cover(
 fn needs_broadcast(blocked: &[i32], refers: &mut dyn FnMut(u64) -> bool) -> bool {
     let mut values = [None; BLOCKED_LOOKUPS];
     libc_private::libc_threads_rseq_cs(blocked, &mut values[..blocked.len()]);
-    values[..blocked.len()].iter().any(|v| v.is_none_or(|value| refers(value)))
+    values[..blocked.len()].iter().any(|v| v.is_none_or(&mut *refers))
 }
 
 fn cell_of(tid: i32, i: usize) -> usize {
