@@ -45,6 +45,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include "raw_clone.h"
 #include "test_common.h" /* crash_common.h, rseq_cs.h, <rseqrt.h> and the shared helpers */
 
 /* ------------------------------------------------------------------ helpers */
@@ -866,40 +867,10 @@ static int raw_thread(void *arg)
 
 static void start_raw_thread(void)
 {
-    char *tp = __builtin_thread_pointer();
-    uintptr_t lo = 0, hi = 0;
-    FILE *f = fopen("/proc/self/maps", "r");
-    char line[512];
-    while (f && fgets(line, sizeof line, f)) {
-        unsigned long a, b;
-        if (sscanf(line, "%lx-%lx", &a, &b) == 2 && a <= (uintptr_t)tp && (uintptr_t)tp < b) {
-            lo = a, hi = b;
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    if (!hi)
-        die(2, "no mapping holds the thread pointer");
-    uintptr_t tpage = (uintptr_t)tp & ~(uintptr_t)4095;
-    uintptr_t clo = tpage - 61440 > lo ? tpage - 61440 : lo;
-    uintptr_t chi = tpage + 16384 < hi ? tpage + 16384 : hi;
-    ptrdiff_t off = (char *)rseqrt_current_area() - tp;
-    if ((uintptr_t)tp + off < clo || (uintptr_t)tp + off + 32 > chi)
-        die(2, "the area (offset %td) is outside the copied block", off);
-    char *copy = mmap(NULL, chi - clo, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (copy == MAP_FAILED)
-        die(2, "mmap");
-    memcpy(copy, (void *)clo, chi - clo);
-    char *ntp = copy + ((uintptr_t)tp - clo);
-    memset(copy, 0, (size_t)(ntp - copy)); /* static TLS below the TCB: fresh (rseqrt's slot 0) */
-    ((void **)ntp)[0] = ntp;               /* tcbhead_t.tcb */
-    ((void **)ntp)[2] = ntp;               /* tcbhead_t.self */
-    struct rseq_cs_area *a = (struct rseq_cs_area *)(ntp + off);
-    a->rseq_cs = 0;
-    a->cpu_id_start = 0;
-    a->cpu_id = (uint32_t)-1;
-    a->flags = 0;
+    const char *why = NULL;
+    char *ntp = raw_clone_thread_pointer((char *)rseqrt_current_area() - (char *)__builtin_thread_pointer(), &why);
+    if (!ntp)
+        die(2, "raw thread: %s", why);
     size_t stack_len = 256 * 1024;
     char *stack = map_pages(stack_len / pagesz);
     int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |

@@ -26,6 +26,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "raw_clone.h"
 #include "rseq_cs.h"
 
 static long counters[4096];
@@ -72,46 +73,16 @@ static char thread_state(pid_t tid)
     return c && c[1] && c[2] ? c[2] : '?';
 }
 
-/* The thread gets a copy of the main thread's TCB and static TLS block as its own, so that its
- * thread pointer plus __rseq_offset is an area of its own (glibc's layout: tcbhead_t.tcb and
- * .self point to the block). */
 static void start_raw_thread(void)
 {
-    char *tp = __builtin_thread_pointer();
-    uintptr_t lo = 0, hi = 0;
-    char line[512];
-    FILE *f = fopen("/proc/self/maps", "r");
-    while (f && fgets(line, sizeof line, f)) {
-        unsigned long a, b;
-        if (sscanf(line, "%lx-%lx", &a, &b) == 2 && a <= (uintptr_t)tp && (uintptr_t)tp < b) {
-            lo = a, hi = b;
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    if (!hi) {
-        printf("no mapping holds the thread pointer\n");
-        exit(2);
-    }
-    uintptr_t tpage = (uintptr_t)tp & ~(uintptr_t)4095;
-    uintptr_t clo = tpage - 61440 > lo ? tpage - 61440 : lo;
-    uintptr_t chi = tpage + 16384 < hi ? tpage + 16384 : hi;
-    char *copy = mmap(NULL, chi - clo, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const char *why = NULL;
+    char *ntp = raw_clone_thread_pointer(__rseq_offset, &why);
     size_t stack_len = 256 * 1024;
     char *stack = mmap(NULL, stack_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (copy == MAP_FAILED || stack == MAP_FAILED) {
-        printf("mmap: %s\n", strerror(errno));
+    if (!ntp || stack == MAP_FAILED) {
+        printf("raw thread: %s: %s\n", ntp ? "mmap" : why, strerror(errno));
         exit(2);
     }
-    memcpy(copy, (void *)clo, chi - clo);
-    char *ntp = copy + ((uintptr_t)tp - clo);
-    memset(copy, 0, (size_t)(ntp - copy));
-    ((void **)ntp)[0] = ntp; /* tcbhead_t.tcb */
-    ((void **)ntp)[2] = ntp; /* tcbhead_t.self */
-    struct rseq_cs_area *a = (struct rseq_cs_area *)(ntp + __rseq_offset);
-    memset(a, 0, sizeof *a);
-    a->cpu_id = (uint32_t)-1;
     int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
                 CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
     if (clone(raw_thread, stack + stack_len - 64, flags, NULL, &raw_tid, ntp, &raw_tid) < 0) {

@@ -1,6 +1,6 @@
 //! UNKNOWN: threads the registry does not know — the C library's own helper threads, threads
-//! that existed before rseqrt was loaded, raw `clone()` threads. Their areas cannot be read, so
-//! each is made to take a signal, which makes its own kernel process its `rseq_cs`:
+//! that existed before rseqrt was loaded, raw `clone()` threads. The registry has no area for
+//! them, so each is made to take a signal, which makes its own kernel process its `rseq_cs`:
 //!
 //! * a thread that accepts the reserved signal gets it and acknowledges from the handler (the
 //!   acknowledgement table in `signal`), proving the delivery happened after the barrier began;

@@ -1,0 +1,64 @@
+/* raw_clone.h: what a thread started with clone() instead of pthread_create() needs to run C
+ * code that uses TLS: a thread-pointer block of its own. The tests' raw threads register rseq
+ * themselves (with rseqrt_register_current_thread() or the system call), so they must not share
+ * the creator's area.
+ *
+ * raw_clone_thread_pointer() copies the calling thread's TCB and the static TLS below it (up to
+ * 60 KiB below the thread pointer's page and 16 KiB above it, within its mapping), zeroes the
+ * copied static TLS, points glibc's tcbhead_t.tcb and .self at the copy, and resets the rseq area
+ * at AREA_OFFSET from the thread pointer to "not registered". It returns the new thread pointer
+ * for CLONE_SETTLS, or NULL with *WHY naming what failed. */
+#ifndef RAW_CLONE_H
+#define RAW_CLONE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "rseq_cs.h"
+
+static inline char *raw_clone_thread_pointer(ptrdiff_t area_offset, const char **why)
+{
+    char *tp = __builtin_thread_pointer();
+    uintptr_t lo = 0, hi = 0;
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        if (sscanf(line, "%lx-%lx", &a, &b) == 2 && a <= (uintptr_t)tp && (uintptr_t)tp < b) {
+            lo = a, hi = b;
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    if (!hi) {
+        *why = "no mapping holds the thread pointer";
+        return NULL;
+    }
+    uintptr_t tpage = (uintptr_t)tp & ~(uintptr_t)4095;
+    uintptr_t clo = tpage - 61440 > lo ? tpage - 61440 : lo;
+    uintptr_t chi = tpage + 16384 < hi ? tpage + 16384 : hi;
+    if ((uintptr_t)tp + area_offset < clo || (uintptr_t)tp + area_offset + 32 > chi) {
+        *why = "the rseq area is outside the copied block";
+        return NULL;
+    }
+    char *copy = mmap(NULL, chi - clo, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED) {
+        *why = "mmap";
+        return NULL;
+    }
+    memcpy(copy, (void *)clo, chi - clo);
+    char *ntp = copy + ((uintptr_t)tp - clo);
+    memset(copy, 0, (size_t)(ntp - copy)); /* static TLS below the TCB: fresh */
+    ((void **)ntp)[0] = ntp;               /* tcbhead_t.tcb */
+    ((void **)ntp)[2] = ntp;               /* tcbhead_t.self */
+    struct rseq_cs_area *a = (struct rseq_cs_area *)(ntp + area_offset);
+    memset(a, 0, sizeof *a);
+    a->cpu_id = (uint32_t)-1;
+    return ntp;
+}
+
+#endif
