@@ -36,10 +36,10 @@ static LINK_OFFSET: AtomicUsize = AtomicUsize::new(0);
 /// than the one they were taken in ([`HINT_PID`]).
 const HINTS: usize = 16;
 static HINT_TID: [AtomicI32; HINTS] = [const { AtomicI32::new(0) }; HINTS];
+static HINT_DESCRIPTOR: [AtomicUsize; HINTS] = [const { AtomicUsize::new(0) }; HINTS];
 /// The process the hints were taken in: a child of `_Fork()` or of a raw fork runs no fork
 /// handlers, and there the parent's descriptors stay on glibc's lists with their ids.
 static HINT_PID: AtomicI32 = AtomicI32::new(0);
-static HINT_DESCRIPTOR: [AtomicUsize; HINTS] = [const { AtomicUsize::new(0) }; HINTS];
 /// Steps a walk of one list may take.
 const MAX_WALK: usize = 1 << 16;
 /// `found` entry of a thread id that matched two descriptors: trusted for neither.
@@ -50,8 +50,9 @@ fn lookup(libc_handle: *mut libc::c_void, name: &CStr) -> *mut libc::c_void {
     unsafe { libc::dlvsym(libc_handle, name.as_ptr(), c"GLIBC_PRIVATE".as_ptr()) }
 }
 
-/// Finds both (constructor time: `dlopen`/`dlvsym` are not async-signal-safe). The thread-id
-/// offset is used only if it gives the calling thread's id.
+/// Looks them all up (constructor time: `dlopen`/`dlvsym` are not async-signal-safe). The
+/// thread-id offset is used only if it gives the calling thread's id, and the lists only if a
+/// walk finds the calling thread at its own descriptor.
 pub fn init() {
     // SAFETY: RTLD_NOLOAD only takes a reference to the loaded C library; never closed.
     let libc_handle = unsafe { libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
