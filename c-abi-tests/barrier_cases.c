@@ -853,8 +853,7 @@ static int raw_thread(void *arg)
         return 0;
     }
     atomic_store(&raw_state, 1);
-    while (!__atomic_load_n(&raw_wake, __ATOMIC_SEQ_CST))
-        syscall(SYS_futex, &raw_wake, FUTEX_WAIT, 0, NULL, NULL, 0);
+    raw_clone_sleep_until_woken(&raw_wake);
     /* back in user space: the kernel has looked at rseq_cs (if the page is gone: SIGSEGV) */
     atomic_store(&raw_state, 2);
     if (raw_unknown)
@@ -894,8 +893,7 @@ static void start_raw_thread(void)
 /* Wakes the raw thread and waits (up to 5 s) until it has exited. */
 static void raw_wake_and_wait(void)
 {
-    __atomic_store_n(&raw_wake, 1, __ATOMIC_SEQ_CST);
-    syscall(SYS_futex, &raw_wake, FUTEX_WAKE, 1, NULL, NULL, 0);
+    raw_clone_wake(&raw_wake);
     double t0 = now_ms();
     while (raw_ctid != 0) {
         if (now_ms() - t0 > 5000)

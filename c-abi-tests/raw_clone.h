@@ -11,11 +11,14 @@
 #ifndef RAW_CLONE_H
 #define RAW_CLONE_H
 
+#include <linux/futex.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "rseq_cs.h"
 
@@ -59,6 +62,20 @@ static inline char *raw_clone_thread_pointer(ptrdiff_t area_offset, const char *
     memset(a, 0, sizeof *a);
     a->cpu_id = (uint32_t)-1;
     return ntp;
+}
+
+/* A raw thread sleeps in the kernel until *WORD is set, with no C library call in between (it
+ * has no glibc thread state of its own), and returns to user space when woken. */
+static inline void raw_clone_sleep_until_woken(int *word)
+{
+    while (!__atomic_load_n(word, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, word, FUTEX_WAIT, 0, NULL, NULL, 0);
+}
+
+static inline void raw_clone_wake(int *word)
+{
+    __atomic_store_n(word, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
 #endif

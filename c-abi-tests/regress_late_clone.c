@@ -50,8 +50,7 @@ static int raw_thread(void *arg)
         return 0;
     }
     atomic_store(&raw_state, 1);
-    while (!__atomic_load_n(&raw_wake, __ATOMIC_SEQ_CST))
-        syscall(SYS_futex, &raw_wake, FUTEX_WAIT, 0, NULL, NULL, 0);
+    raw_clone_sleep_until_woken(&raw_wake);
     /* back in user space: the kernel has looked at rseq_cs (if the page is gone: SIGSEGV) */
     atomic_store(&raw_state, 2);
     syscall(SYS_rseq, a, 32, 1 /* RSEQ_FLAG_UNREGISTER */, RSEQ_CS_SIG);
@@ -137,8 +136,7 @@ int main(int argc, char **argv)
         }
         printf("ok   rseqrt_munmap = 0, and the raw thread's rseq_cs no longer refers to the page\n");
     }
-    __atomic_store_n(&raw_wake, 1, __ATOMIC_SEQ_CST);
-    syscall(SYS_futex, &raw_wake, FUTEX_WAKE, 1, NULL, NULL, 0);
+    raw_clone_wake(&raw_wake);
     while (raw_tid != 0)
         usleep(1000);
     printf("observed: the raw thread woke and exited (state %d)\nsurvived\n", atomic_load(&raw_state));
