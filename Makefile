@@ -6,6 +6,8 @@
 #   make install PREFIX=/usr/local [DESTDIR=...]
 #   make generate             regenerate src/abi/linux_rseq.rs and include/rseqrt.h
 #   make bench                benchmarks; results under docs/bench/
+#   make dist                 one build for every glibc (made on glibc 2.31, in the Debian 11 chroot):
+#                             build/dist/rseqrt-VERSION-x86_64-linux-gnu.tar.gz
 
 SHELL     := bash
 VERSION   := 0.1.0
@@ -25,7 +27,7 @@ SO        := $(B)/lib/librseqrt.so.$(VERSION)
 PRELOAD   := $(B)/lib/rseqrt/librseqrt_preload.so
 STAGE     := $(CURDIR)/$(B)/stage
 
-.PHONY: all deps demo check install stage generate check-generated bench clean FORCE
+.PHONY: all deps demo check check-host dist dist-here check-dist install stage generate check-generated bench clean FORCE
 
 all: $(SO) $(B)/lib/librseqrt.a $(PRELOAD) $(B)/rseqrt.pc $(B)/bin/rseqrt
 
@@ -85,6 +87,29 @@ install: all
 stage:
 	$(MAKE) --no-print-directory install PREFIX=$(STAGE) DESTDIR=
 
+# One build for every glibc people run: built against the oldest glibc of the matrix (Debian 11's
+# 2.31, in its chroot; scripts/glibc-matrix), so that it references no symbol version above
+# GLIBC_2.31. The tarball is the `make install` tree with a relocatable rseqrt.pc.
+DIST_NAME := rseqrt-$(VERSION)-x86_64-linux-gnu
+dist:
+	scripts/glibc-matrix --make-dist
+
+# What `make dist` runs in the chroot.
+dist-here: all
+	rm -rf $(B)/dist && mkdir -p $(B)/dist/root
+	$(MAKE) --no-print-directory install PREFIX=/$(DIST_NAME) DESTDIR=$(CURDIR)/$(B)/dist/root
+	printf '%s\n' 'prefix=$${pcfiledir}/../..' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' > $(B)/dist/pc.head
+	sed -e '1,3d' -e 's|@VERSION@|$(VERSION)|' rseqrt.pc.in | cat $(B)/dist/pc.head - > $(B)/dist/root/$(DIST_NAME)/lib/pkgconfig/rseqrt.pc
+	tar -C $(B)/dist/root --owner=0 --group=0 -czf $(B)/dist/$(DIST_NAME).tar.gz $(DIST_NAME)
+
+# The tests of an unpacked dist tarball (RSEQRT_STAGE=its directory): what its objects reference,
+# and the crash suite compiled and run against it.
+check-dist:
+	@test -n "$(RSEQRT_STAGE)" || { echo "check-dist: set RSEQRT_STAGE to an unpacked dist tree" >&2; exit 2; }
+	@mkdir -p $(B)
+	@set -o pipefail; $(CARGO) test --release --test dist --test crash --no-fail-fast -- --test-threads=1 2>&1 \
+	  | tee $(B)/check-dist.log; rc=$$?; scripts/test-summary $(B)/check-dist.log && exit $$rc
+
 generate:
 	$(CARGO) run --release -q -p rseqrt-gen -- write
 
@@ -103,18 +128,25 @@ demo: deps stage
 	$(CC) -O2 -Wall examples/unload.c -o $(EXAMPLES)/unload -lpthread -ldl
 	@echo; echo "== rseqrt info: what this machine offers"; $(STAGE)/bin/rseqrt info
 	@echo; echo "== rseqrt selftest: the crash, without and with rseqrt"; $(STAGE)/bin/rseqrt selftest
-	@echo; echo "== what a C program linked with rseqrt sees (glibc registers rseq; rseqrt adopts)"; $(EXAMPLES)/hello
-	@echo; echo "== the same with glibc's registration turned off (rseqrt registers)"
+	@echo; echo "== what a C program linked with rseqrt sees (glibc 2.35+ registers rseq and rseqrt adopts; older glibc does not and rseqrt registers)"; $(EXAMPLES)/hello
+	@echo; echo "== the same with glibc's registration turned off: rseqrt leaves registration to the program"
 	@GLIBC_TUNABLES=glibc.pthread.rseq=0 $(EXAMPLES)/hello
+	@echo; echo "== ... unless RSEQRT_REGISTER=1 asks rseqrt to register in glibc's place"
+	@GLIBC_TUNABLES=glibc.pthread.rseq=0 RSEQRT_REGISTER=1 $(EXAMPLES)/hello
 	@echo; echo "== an unmodified program unloads a plugin that a sleeping thread ran an rseq critical section in"
 	@$(EXAMPLES)/unload $(EXAMPLES)/plugin.so; echo "   exit status $$? (139 = killed by SIGSEGV)"
 	@echo; echo "== the same program with LD_PRELOAD=$(STAGE)/lib/rseqrt/librseqrt_preload.so"
 	@LD_PRELOAD=$(STAGE)/lib/rseqrt/librseqrt_preload.so $(EXAMPLES)/unload $(EXAMPLES)/plugin.so; echo "   exit status $$?"
 
-check: deps stage check-generated
+# Every test on this machine's glibc, then on Debian 11 and 13 (scripts/glibc-matrix), one closing line.
+check:
+	@scripts/check
+
+# Every test on this machine's glibc alone (what the matrix runs inside each chroot).
+check-host: deps stage check-generated
 	@mkdir -p $(B)
-	set -o pipefail; $(CARGO) test --release --workspace --exclude rseqrt-gen -- --test-threads=1 2>&1 | tee $(B)/check.log
-	@scripts/test-summary $(B)/check.log
+	@set -o pipefail; $(CARGO) test --release --workspace --exclude rseqrt-gen --no-fail-fast -- --test-threads=1 2>&1 \
+	  | tee $(B)/check.log; rc=$$?; scripts/test-summary $(B)/check.log && exit $$rc
 
 # Benchmarks: C programs compiled at run time against the freshly built build/lib/librseqrt.so;
 # results (Markdown, JSON, SVG) under docs/bench/.

@@ -10,7 +10,11 @@
  *
  * Environment:
  *   RSEQRT_EXPECT=registered|unregistered   what the ABI must say
+ *   RSEQRT_EXPECT=noabi                     glibc before 2.35 with no rseqrt: the names
+ *                                           __rseq_* are defined by nobody
  *   RSEQRT_EXPECT_OWNER=0|1|2               rseqrt_owner(); unset = rseqrt must be absent
+ *   RSEQRT_EXPECT_DECLINED=1                rseqrt registers nothing because the program asked
+ *                                           glibc to leave registration to it
  * Prints one line per check and exits 1 at the first failure. */
 #include "common.h"
 
@@ -41,10 +45,19 @@ static struct rseq *main_area;
  * registration stays private to the thread until we undo it. */
 static __thread char probe[256] __attribute__((aligned(256)));
 
+/* The errno names these checks meet (strerrorname_np is glibc 2.32+). */
 static const char *ename(int e)
 {
-    const char *n = e ? strerrorname_np(e) : "0";
-    return n ? n : "?";
+    switch (e) {
+    case 0: return "0";
+    case EBUSY: return "EBUSY";
+    case EINVAL: return "EINVAL";
+    case EPERM: return "EPERM";
+    case ENOSYS: return "ENOSYS";
+    case EFAULT: return "EFAULT";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    default: return strerror(e);
+    }
 }
 
 /* Try to register the probe area. Returns the syscall result; a success is
@@ -125,12 +138,18 @@ static void check_rseqrt_api(const char *who, struct rseq *area)
 
     if (!expect_registered) {
         check(cur == NULL, "%s: rseqrt_current_area() = %p (want NULL)", who, cur);
+        /* Declined (GLIBC_TUNABLES=glibc.pthread.rseq=0): registration is the program's, and
+         * rseqrt says so; otherwise the kernel has no rseq and rseqrt passes its answer on. */
+        int declined = expect_env("RSEQRT_EXPECT_DECLINED") != NULL;
+        int want = declined ? EOPNOTSUPP : ENOSYS;
         errno = 0;
         rc = rseqrt_register_current_thread();
         e = errno;
-        check(rc == -1 && e == ENOSYS,
-              "%s: rseqrt_register_current_thread() = %d %s (want -1 ENOSYS, the kernel's)",
-              who, rc, ename(e));
+        check(rc == -1 && e == want, "%s: rseqrt_register_current_thread() = %d %s (want -1 %s)", who, rc,
+              ename(e), declined ? "EOPNOTSUPP: left to the program" : "ENOSYS, the kernel's");
+        const char *why = rseqrt_owner_reason();
+        check(why && (!declined || strstr(why, "glibc.pthread.rseq=0")), "%s: rseqrt_owner_reason() \"%s\"", who,
+              why ? why : "(null)");
         errno = 0;
         rc = rseqrt_current_cpu();
         note("%s: rseqrt_current_cpu() = %d %s", who, rc, ename(errno));
@@ -429,6 +448,18 @@ int main(void)
 
     const char *mode = expect_env("RSEQRT_EXPECT");
     const char *owner_s = expect_env("RSEQRT_EXPECT_OWNER");
+#if !__has_include(<sys/rseq.h>)
+    if (mode && !strcmp(mode, "noabi")) {
+        /* Only a build whose glibc has no <sys/rseq.h> has weak references to take this path. */
+        check(dlsym(RTLD_DEFAULT, "__rseq_offset") == NULL && dlsym(RTLD_DEFAULT, "__rseq_size") == NULL,
+              "no object defines __rseq_offset or __rseq_size");
+        check(&__rseq_offset == NULL && &__rseq_size == NULL && &__rseq_flags == NULL,
+              "the program's references to __rseq_* are unbound");
+        check(dlsym(RTLD_DEFAULT, "rseqrt_owner") == NULL, "rseqrt is not loaded");
+        puts("PASS abi_registration (plain glibc without an rseq ABI, noabi)");
+        return 0;
+    }
+#endif
     check(mode && (!strcmp(mode, "registered") || !strcmp(mode, "unregistered")),
           "RSEQRT_EXPECT is registered or unregistered (got %s)", mode ? mode : "nothing");
     expect_registered = !strcmp(mode, "registered");
@@ -453,7 +484,7 @@ int main(void)
     main_area = abi_area();
     note("build: %s; expect %s, owner %d", build, mode, expect_owner);
     note("__rseq_offset %td, __rseq_size %u, __rseq_flags %u, tp %p, area %p, len %u",
-         __rseq_offset, __rseq_size, __rseq_flags, __builtin_thread_pointer(),
+         __rseq_offset, __rseq_size, __rseq_flags, thread_pointer(),
          (void *)main_area, reg_len);
 
     if (expect_owner < 0) {

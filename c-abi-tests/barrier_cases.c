@@ -20,6 +20,7 @@
  * (crash_common.h). Every check prints one line. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <gnu/libc-version.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/audit.h>
@@ -867,7 +868,7 @@ static int raw_thread(void *arg)
 static void start_raw_thread(void)
 {
     const char *why = NULL;
-    char *ntp = raw_clone_thread_pointer((char *)rseqrt_current_area() - (char *)__builtin_thread_pointer(), &why);
+    char *ntp = raw_clone_thread_pointer((char *)rseqrt_current_area() - (char *)thread_pointer(), &why);
     if (!ntp)
         die(2, "raw thread: %s", why);
     size_t stack_len = 256 * 1024;
@@ -1076,8 +1077,16 @@ static void sc_census(void)
             die(2, "pthread_create");
     wait_value(&census_started, IDLE, 1, "the idle threads to start");
     trap_fstat_in_this_thread();
+    /* glibc 2.34+ exports its thread count for libthread_db (GLIBC_PRIVATE in libc.so.6); before
+     * 2.34 the count lives in libpthread.so.0, which exports it to nobody (libthread_db read
+     * libpthread's full symbol table), so every barrier there pays the fstat check. */
+    void *libc_handle = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    int counted = libc_handle && dlvsym(libc_handle, "__nptl_nthreads", "GLIBC_PRIVATE");
+    int fast = counted ? 0 : 20;
+    if (!counted)
+        printf("observed: glibc %s exports no thread count: one fstat per barrier\n", gnu_get_libc_version());
     int known = census_barriers("with every thread known");
-    check(known == 0, "%d idle threads, all known: 20 barriers, %d fstat calls", IDLE, known);
+    check(known == fast, "%d idle threads, all known: 20 barriers, %d fstat calls (want %d)", IDLE, known, fast);
 
     void *libc_handle = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
     int (*glibc_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
@@ -1094,7 +1103,7 @@ static void sc_census(void)
     sem_post(&behind_stop);
     pthread_join(behind, NULL);
     int again = census_barriers("after it exited");
-    check(again == 0, "once it has exited: 20 barriers, %d fstat calls", again);
+    check(again == fast, "once it has exited: 20 barriers, %d fstat calls (want %d)", again, fast);
 
     size_t stack_len = 64 * 1024;
     char *stack = map_pages(stack_len / pagesz);

@@ -1,6 +1,7 @@
 /* Shared helpers for the C ABI tests.
  *
- * Only glibc's public rseq ABI (<sys/rseq.h>) and the kernel's syscall
+ * Only glibc's public rseq ABI (<sys/rseq.h>; before glibc 2.35 the same names, which rseqrt
+ * then defines) and the kernel's syscall
  * interface are used here, so a program built with these helpers means the
  * same thing with plain glibc and with rseqrt linked or preloaded. */
 #ifndef RSEQRT_ABI_TEST_COMMON_H
@@ -17,9 +18,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if __has_include(<sys/rseq.h>)
 #include <sys/rseq.h>
+#else
+/* glibc before 2.35 has no rseq ABI: the kernel's struct, and the names that rseqrt (linked
+ * or preloaded) defines in glibc's place: weak, so that a program runs without rseqrt too. */
+#include <linux/rseq.h>
+extern const ptrdiff_t __rseq_offset __attribute__((weak));
+extern const unsigned int __rseq_size __attribute__((weak));
+extern const unsigned int __rseq_flags __attribute__((weak));
+#endif
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "thread_pointer.h"
 
 #ifndef __x86_64__
 #error "these tests know the x86-64 rseq signature only"
@@ -74,7 +86,7 @@ static inline int kernel_getcpu(unsigned *cpu, unsigned *node)
 /* The area glibc's ABI describes for the calling thread. */
 static inline struct rseq *abi_area(void)
 {
-    return (struct rseq *)((char *)__builtin_thread_pointer() + __rseq_offset);
+    return (struct rseq *)((char *)thread_pointer() + __rseq_offset);
 }
 
 static inline int32_t read_cpu_id(const struct rseq *area)

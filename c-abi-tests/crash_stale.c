@@ -300,8 +300,12 @@ int main(int argc, char **argv)
 #endif
 
     int (*owner)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "rseqrt_owner");
-    printf("%s %s %s: __rseq_offset=%td rseqrt_owner=%d main cpu_id=%d\n", argv[1], argv[2],
-           argv[3], __rseq_offset, owner ? owner() : -1, (int32_t)rseq_cs_area()->cpu_id);
+    if (&__rseq_offset) /* glibc before 2.35 without rseqrt: nobody defines it */
+        printf("%s %s %s: __rseq_offset=%td rseqrt_owner=%d main cpu_id=%d\n", argv[1], argv[2],
+               argv[3], __rseq_offset, owner ? owner() : -1, (int32_t)rseq_cs_area()->cpu_id);
+    else
+        printf("%s %s %s: no __rseq_offset (no rseq ABI) rseqrt_owner=%d\n", argv[1], argv[2], argv[3],
+               owner ? owner() : -1);
 
     prepare(argv[4]);
     if (pipe(wake_pipe) != 0)

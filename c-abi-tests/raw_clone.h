@@ -24,7 +24,7 @@
 
 static inline char *raw_clone_thread_pointer(ptrdiff_t area_offset, const char **why)
 {
-    char *tp = __builtin_thread_pointer();
+    char *tp = thread_pointer();
     uintptr_t lo = 0, hi = 0;
     FILE *f = fopen("/proc/self/maps", "r");
     char line[512];

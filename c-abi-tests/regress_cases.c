@@ -46,7 +46,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <limits.h> /* PTHREAD_STACK_MIN (before glibc 2.34 <pthread.h> does not bring it) */
+
 #include "test_common.h" /* crash_common.h, rseq_cs.h, <rseqrt.h> and the shared helpers */
+
+/* glibc declares these from 2.35 and 2.32 on. Before, rseqrt still defines its interposers (under
+ * glibc's later versions) but there is no C library function behind them: regress.rs runs the
+ * cases that call them only where glibc has them. */
+#if !__GLIBC_PREREQ(2, 35)
+int epoll_pwait2(int epfd, struct epoll_event *events, int maxevents, const struct timespec *timeout,
+                 const sigset_t *sigmask);
+#endif
+#if !__GLIBC_PREREQ(2, 32)
+int pthread_attr_setsigmask_np(pthread_attr_t *attr, const sigset_t *sigmask);
+#endif
 
 /* ------------------------------------------------------------------ helpers */
 

@@ -33,6 +33,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "thread_pointer.h"
+
 #define RSEQ_CS_SIG 0x53053053
 
 struct rseq_cs_desc {
@@ -50,8 +52,14 @@ struct rseq_cs_area {
     uint32_t flags;
 };
 
-/* glibc's ABI (GLIBC_2.35); rseqrt interposes it. */
+/* glibc's ABI (GLIBC_2.35); rseqrt interposes it. glibc before 2.35 defines no such name: a
+ * weak reference then binds to rseqrt's definition when rseqrt is linked or preloaded, and a
+ * program without it must not call rseq_cs_area(). */
+#if __has_include(<sys/rseq.h>)
 extern const ptrdiff_t __rseq_offset;
+#else
+extern const ptrdiff_t __rseq_offset __attribute__((weak));
+#endif
 
 /* The code and the object's own descriptor. Local (non-global) symbols, so every
  * object including this header has its own. */
@@ -91,12 +99,15 @@ typedef int (*rseq_cs_code_fn)(struct rseq_cs_area *, long *, const struct rseq_
 
 static inline struct rseq_cs_area *rseq_cs_area(void)
 {
-    return (struct rseq_cs_area *)((char *)__builtin_thread_pointer() + __rseq_offset);
+    return (struct rseq_cs_area *)((char *)thread_pointer() + __rseq_offset);
 }
 
-/* Registered: the kernel keeps cpu_id >= 0 (-1 uninitialized, -2 registration failed). */
+/* Registered: the kernel keeps cpu_id >= 0 (-1 uninitialized, -2 registration failed). Where
+ * nobody defines __rseq_offset (glibc before 2.35 without rseqrt), nothing is registered. */
 static inline int rseq_cs_registered(void)
 {
+    if (!&__rseq_offset)
+        return 0;
     return (int32_t)__atomic_load_n(&rseq_cs_area()->cpu_id, __ATOMIC_RELAXED) >= 0;
 }
 

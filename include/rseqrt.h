@@ -84,6 +84,15 @@ extern "C" {
 int rseqrt_owner(void);
 
 /*
+ Why `rseqrt_owner()` is what it is, as a static NUL-terminated sentence: which C library
+ registers, or why nobody does (`GLIBC_TUNABLES=glibc.pthread.rseq=0`, `RSEQRT_REGISTER=0`, a
+ late load, no rseq system call). Never NULL. Async-signal-safe.
+
+ Spec: <https://sourceware.org/glibc/manual/latest/html_node/Tunables.html>
+ */
+const char *rseqrt_owner_reason(void);
+
+/*
  Registers the calling thread's rseq area (for threads not started with `pthread_create()`)
  and enters the thread in rseqrt's registry. Returns 0, or -1 with the kernel's errno
  (EBUSY: already registered, still entered in the registry; ENOSYS: no rseq).

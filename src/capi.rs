@@ -43,6 +43,16 @@ pub extern "C" fn rseqrt_owner() -> c_int {
     crate::owner() as c_int
 }
 
+/// Why `rseqrt_owner()` is what it is, as a static NUL-terminated sentence: which C library
+/// registers, or why nobody does (`GLIBC_TUNABLES=glibc.pthread.rseq=0`, `RSEQRT_REGISTER=0`, a
+/// late load, no rseq system call). Never NULL. Async-signal-safe.
+///
+/// Spec: <https://sourceware.org/glibc/manual/latest/html_node/Tunables.html>
+#[no_mangle]
+pub extern "C" fn rseqrt_owner_reason() -> *const core::ffi::c_char {
+    crate::owner_reason_cstr().as_ptr()
+}
+
 /// Registers the calling thread's rseq area (for threads not started with `pthread_create()`)
 /// and enters the thread in rseqrt's registry. Returns 0, or -1 with the kernel's errno
 /// (EBUSY: already registered, still entered in the registry; ENOSYS: no rseq).

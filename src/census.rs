@@ -64,11 +64,10 @@ pub fn all_threads_known(_guard: &ReadGuard) -> bool {
 /// (constructor time: `dlsym` is not async-signal-safe).
 #[cfg(feature = "c-library")]
 pub fn init() {
-    let ours = crate::arch::census_entries();
-    for (name, ours) in [(c"clone", ours[0]), (c"__clone", ours[1]), (c"dlopen", ours[2])] {
-        // SAFETY: a NUL-terminated name.
-        let global = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) } as usize;
-        if global != ours {
+    // Asked of the link map rather than dlsym, which returns a non-PIE program's canonical PLT
+    // entry (see `thread::pthread_create_is_ours`).
+    for name in [&b"clone"[..], b"__clone", b"dlopen"] {
+        if !crate::elf::calls_bind_here(name) {
             note_uncounted_thread();
         }
     }

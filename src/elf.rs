@@ -1,4 +1,5 @@
-//! The few ELF and dynamic-linker structures rseqrt reads (`<elf.h>`, `<link.h>`): plain data,
+//! The few ELF and dynamic-linker structures rseqrt reads (`<elf.h>`, `<link.h>`), and symbol
+//! lookup in a loaded object's `.dynsym` through its hash tables: plain data and loads, no call,
 //! usable at relocation time.
 
 /// `ElfW(Dyn)`.
@@ -69,6 +70,53 @@ pub fn has_other_namespaces() -> bool {
     }
 }
 
+/// `Elf64_Sym`.
+#[repr(C)]
+struct Elf64Sym {
+    st_name: u32,
+    st_info: u8,
+    st_other: u8,
+    st_shndx: u16,
+    st_value: u64,
+    st_size: u64,
+}
+
+/// The object that defines `name` first in the main namespace's lookup order, and the address:
+/// what a call through the PLT of a program started normally binds to. Unlike
+/// `dlsym(RTLD_DEFAULT)`, it skips an executable's canonical PLT entry (a non-PIE program that
+/// takes the function's address), which is what ld.so does for the calls themselves.
+///
+/// The link-map chain is the load order: the executable, preloaded objects, then the
+/// breadth-first `DT_NEEDED` closure, then later `RTLD_GLOBAL` loads, as the global scope is.
+/// Call where no object is unloaded concurrently (constructor time).
+pub fn first_definition(name: &[u8]) -> Option<(*const LinkMap, usize)> {
+    // SAFETY: `_r_debug` is ld.so's; each map of its list is a loaded object whose dynamic
+    // section and symbol tables are mapped (see the function's precondition for unloads).
+    unsafe {
+        let mut m = (*core::ptr::addr_of!(_r_debug)).r_map;
+        while !m.is_null() {
+            if !(*m).l_ld.is_null() {
+                if let Some(addr) = lookup_in(&*m, name) {
+                    return Some((m, addr));
+                }
+            }
+            m = (*m).l_next;
+        }
+    }
+    None
+}
+
+/// Whether calls to `name` through the PLT bind to this very object (rseqrt's interposer): its
+/// [`first_definition`] is in the object that defines this copy of `rseqrt_owner`.
+pub fn calls_bind_here(name: &[u8]) -> bool {
+    let own = crate::capi::rseqrt_owner as extern "C" fn() -> core::ffi::c_int as usize;
+    match first_definition(name) {
+        // SAFETY: a map of the loaded-object list (see `first_definition`).
+        Some((map, _)) => (unsafe { (*map).lookup(b"rseqrt_owner") }) == Some(own),
+        None => false,
+    }
+}
+
 pub const DT_NULL: i64 = 0;
 pub const DT_NEEDED: i64 = 1;
 pub const DT_HASH: i64 = 4;
@@ -105,4 +153,122 @@ impl LinkMap {
         // SAFETY: forwarded precondition.
         unsafe { self.dyn_val(tag) }.map(|p| if p < self.l_addr { p + self.l_addr } else { p })
     }
+
+    /// Address of this object's definition of `name` (see [`lookup_in`]).
+    ///
+    /// # Safety
+    /// As for [`LinkMap::dyn_val`]: the object's symbol and hash tables are mapped.
+    pub unsafe fn lookup(&self, name: &[u8]) -> Option<usize> {
+        // SAFETY: forwarded precondition.
+        unsafe { lookup_in(self, name) }
+    }
 }
+
+/// Address of the defined dynamic symbol `name` in object `m` (any version; an undefined entry,
+/// such as an executable's canonical PLT entry for a function whose address it takes, is no
+/// definition).
+///
+/// # Safety
+/// `m` must be a loaded object whose dynamic section and symbol tables are mapped.
+unsafe fn lookup_in(m: &LinkMap, name: &[u8]) -> Option<usize> {
+    // SAFETY: the caller guarantees the tables are mapped; every index used below comes from the
+    // object's own hash tables (this block is the whole function).
+    unsafe {
+        let symtab = m.dyn_ptr(DT_SYMTAB).unwrap_or(0) as *const Elf64Sym;
+        let strtab = m.dyn_ptr(DT_STRTAB).unwrap_or(0) as *const u8;
+        let (gnu_hash, sysv_hash) = (m.dyn_ptr(DT_GNU_HASH), m.dyn_ptr(DT_HASH));
+        if symtab.is_null() || strtab.is_null() {
+            return None;
+        }
+        let matches = |i: u32| -> Option<usize> {
+            let sym = &*symtab.add(i as usize);
+            (sym.st_shndx != 0 && sym.st_value != 0 && c_str_eq(strtab.add(sym.st_name as usize), name))
+                .then(|| m.l_addr + sym.st_value as usize)
+        };
+        if let Some(h) = gnu_hash {
+            let h = h as *const u32;
+            let (nbuckets, symoffset, bloom_words) = (*h, *h.add(1), *h.add(2));
+            if nbuckets == 0 {
+                return None;
+            }
+            let buckets = h.add(4 + 2 * bloom_words as usize);
+            let chain = buckets.add(nbuckets as usize);
+            let hash = gnu_hash_of(name);
+            let mut i = *buckets.add((hash % nbuckets) as usize);
+            if i < symoffset {
+                return None;
+            }
+            loop {
+                let h2 = *chain.add((i - symoffset) as usize);
+                if (h2 | 1) == (hash | 1) {
+                    if let Some(a) = matches(i) {
+                        return Some(a);
+                    }
+                }
+                if h2 & 1 != 0 {
+                    return None;
+                }
+                i += 1;
+            }
+        } else if let Some(h) = sysv_hash {
+            let h = h as *const u32;
+            let nbucket = *h;
+            if nbucket == 0 {
+                return None;
+            }
+            let chain = h.add(2 + nbucket as usize);
+            let mut i = *h.add(2 + (sysv_hash_of(name) % nbucket) as usize);
+            while i != 0 {
+                if let Some(a) = matches(i) {
+                    return Some(a);
+                }
+                i = *chain.add(i as usize);
+            }
+        }
+        None
+    }
+}
+
+/// Compares a NUL-terminated string with `name`, byte by byte (no `memcmp` call).
+///
+/// # Safety
+/// `s` must point to a NUL-terminated string.
+unsafe fn c_str_eq(s: *const u8, name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        // SAFETY: bytes before the terminating NUL are readable; we stop at the first mismatch,
+        // which includes the NUL.
+        if unsafe { core::ptr::read_volatile(s.add(i)) } != name[i] {
+            return false;
+        }
+        i += 1;
+    }
+    // SAFETY: all of `name` matched, so `s` has at least `i` non-NUL bytes and a terminator after.
+    unsafe { core::ptr::read_volatile(s.add(i)) == 0 }
+}
+
+fn gnu_hash_of(name: &[u8]) -> u32 {
+    let mut h: u32 = 5381;
+    let mut i = 0;
+    while i < name.len() {
+        h = h.wrapping_mul(33).wrapping_add(name[i] as u32);
+        i += 1;
+    }
+    h
+}
+
+fn sysv_hash_of(name: &[u8]) -> u32 {
+    let mut h: u32 = 0;
+    let mut i = 0;
+    while i < name.len() {
+        h = (h << 4).wrapping_add(name[i] as u32);
+        let g = h & 0xf000_0000;
+        if g != 0 {
+            h ^= g >> 24;
+        }
+        h &= !g;
+        i += 1;
+    }
+    h
+}
+

@@ -3,8 +3,7 @@
 
 use crate::registration;
 use crate::registry;
-use crate::platform::Errno;
-use crate::state::{self, Owner};
+use crate::state::{self, NoneReason, Owner};
 use crate::{platform, real, signal, thread};
 
 /// Runs once per process, in the thread that loads rseqrt (the main thread at startup).
@@ -21,11 +20,11 @@ pub extern "C" fn run() {
             // Loaded too late (dlopen): threads the program creates would bypass rseqrt's
             // pthread_create and run unregistered. Say so instead of handing out an offset
             // that is wrong for them.
-            state::downgrade_to_none(Errno(libc::EOPNOTSUPP));
+            state::downgrade_to_none(NoneReason::LoadedLate);
         } else if let Err(e) = registration::register_area() {
             // Only a racing registration by someone else can get here (the resolver probed the
             // system call): report rseq as unavailable rather than hand out an unregistered area.
-            state::downgrade_to_none(e);
+            state::downgrade_to_none(NoneReason::RegistrationFailed(e.0));
         }
     }
     if registration::current_slot().is_none() {

@@ -48,6 +48,24 @@ pub fn owner() -> Owner {
     state::owner()
 }
 
+/// Why [`owner`] is what it is, in words: which C library registers, or why nobody does.
+/// Async-signal-safe.
+///
+/// Spec: <https://sourceware.org/glibc/manual/latest/html_node/Tunables.html>
+pub fn owner_reason() -> &'static str {
+    owner_reason_cstr().to_str().unwrap_or("")
+}
+
+/// [`owner_reason`] as a C string (the sentences are ASCII).
+pub(crate) fn owner_reason_cstr() -> &'static core::ffi::CStr {
+    match (state::owner(), state::none_reason()) {
+        (Owner::Libc, _) => c"the C library registers rseq for every thread; rseqrt adopts its areas",
+        (Owner::SelfOwned, _) => c"the C library does not register rseq; rseqrt registers every thread",
+        (Owner::None, Some(reason)) => reason.words(),
+        (Owner::None, None) => c"the rseq system call is unavailable (kernel without rseq, or a seccomp filter refuses it)",
+    }
+}
+
 /// The calling thread's rseq area (thread pointer + `__rseq_offset`); `None` when rseq is
 /// unavailable. Its `cpu_id` reads -2 in a thread that is not registered.
 ///
@@ -141,7 +159,7 @@ pub fn current_mm_cid() -> Result<u32, Errno> {
 /// Spec: <https://docs.kernel.org/userspace-api/rseq.html>
 pub fn register_current_thread() -> Result<(), Errno> {
     if let Some(reason) = state::none_reason() {
-        return Err(reason); // rseqrt cannot own registration in this process (see `owner`)
+        return Err(reason.errno()); // rseqrt registers nothing in this process (see `owner_reason`)
     }
     let result = registration::register_area();
     if matches!(result, Ok(()) | Err(Errno(libc::EBUSY))) && registration::current_slot().is_none() {

@@ -1,7 +1,8 @@
 //! The C library's own definitions of the functions rseqrt interposes: the next definition after
 //! rseqrt's in lookup order (`dlsym(RTLD_NEXT, ...)`), or, when rseqrt comes after the C library
 //! in that order (it was loaded as a dependency of a later object, or by `dlopen`), the C
-//! library's own (`dlsym` on `libc.so.6`).
+//! library's own (`dlsym` on `libc.so.6`, and before glibc 2.34, where `pthread_*` and `dl*`
+//! live in libraries of their own, on `libpthread.so.0` and `libdl.so.2`).
 //!
 //! Resolved once by the constructor (`dlsym` is not async-signal-safe); later lookups are one
 //! relaxed atomic load. A call that arrives before the constructor (another library's constructor
@@ -31,16 +32,18 @@ impl Next {
     /// Looks the symbol up now (call from the constructor, not from a signal handler).
     pub fn resolve(&self) -> usize {
         // SAFETY: `name` is NUL-terminated; dlsym and dlopen(RTLD_NOLOAD) have no other
-        // precondition, and the libc handle is never closed (RTLD_NOLOAD only adds a reference).
-        let a = unsafe {
-            match libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr().cast()) {
-                p if !p.is_null() => p,
-                _ => {
-                    let libc_handle = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
-                    if libc_handle.is_null() { libc_handle } else { libc::dlsym(libc_handle, self.name.as_ptr().cast()) }
-                }
+        // precondition, and the handles are never closed (RTLD_NOLOAD only adds a reference).
+        let mut a = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr().cast()) } as usize;
+        for library in [c"libc.so.6", c"libpthread.so.0", c"libdl.so.2"] {
+            if a != 0 {
+                break;
             }
-        } as usize;
+            // SAFETY: as above; RTLD_NOLOAD never loads a library that is not there already.
+            a = unsafe {
+                let handle = libc::dlopen(library.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+                if handle.is_null() { handle } else { libc::dlsym(handle, self.name.as_ptr().cast()) }
+            } as usize;
+        }
         self.addr.store(a, Relaxed);
         a
     }

@@ -51,26 +51,84 @@ pub fn publish(c: Config) {
     }
 }
 
-/// Why an owner that rseqrt would have been is NONE instead (0: rseq itself is unavailable).
+/// Why rseqrt registers nothing although the kernel offers rseq. In each case some other code
+/// may register areas (the program, another rseq library, a thread started behind rseqrt's
+/// back), so the barrier treats every thread as one it does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoneReason {
+    /// `GLIBC_TUNABLES=glibc.pthread.rseq=0`: the program asked glibc to leave registration to
+    /// it, and rseqrt leaves it too.
+    ProgramRegisters,
+    /// `RSEQRT_REGISTER=0`.
+    Disabled,
+    /// Loaded after startup (dlopen) where the C library does not register: threads the program
+    /// creates would bypass rseqrt's `pthread_create`.
+    LoadedLate,
+    /// Registering the loading thread failed with this errno (someone registered first).
+    RegistrationFailed(i32),
+}
+
+impl NoneReason {
+    /// The errno `rseqrt_register_current_thread()` fails with.
+    pub fn errno(self) -> crate::platform::Errno {
+        match self {
+            NoneReason::RegistrationFailed(e) => crate::platform::Errno(e),
+            _ => crate::platform::Errno(libc::EOPNOTSUPP),
+        }
+    }
+
+    /// In words, for people (`rseqrt info`).
+    pub fn words(self) -> &'static core::ffi::CStr {
+        match self {
+            NoneReason::ProgramRegisters => c"GLIBC_TUNABLES has glibc.pthread.rseq=0: registration is left to the program",
+            NoneReason::Disabled => c"RSEQRT_REGISTER=0: rseqrt registers no area",
+            NoneReason::LoadedLate => c"loaded after startup where the C library does not register rseq",
+            NoneReason::RegistrationFailed(_) => c"registering the first thread failed: another area was registered first",
+        }
+    }
+
+    fn code(self) -> i32 {
+        match self {
+            NoneReason::ProgramRegisters => -1,
+            NoneReason::Disabled => -2,
+            NoneReason::LoadedLate => -3,
+            NoneReason::RegistrationFailed(e) => e,
+        }
+    }
+
+    fn from_code(code: i32) -> Option<NoneReason> {
+        match code {
+            0 => None,
+            -1 => Some(NoneReason::ProgramRegisters),
+            -2 => Some(NoneReason::Disabled),
+            -3 => Some(NoneReason::LoadedLate),
+            e => Some(NoneReason::RegistrationFailed(e)),
+        }
+    }
+}
+
+/// The [`NoneReason`] code (0: none, or rseq itself is unavailable).
 static NONE_REASON: AtomicI32 = AtomicI32::new(0);
+
+/// Records why rseqrt registers nothing (relocation time: set with the owner).
+pub fn set_none_reason(reason: NoneReason) {
+    NONE_REASON.store(reason.code(), Relaxed);
+}
 
 /// Marks rseq unavailable, for `reason`, when the constructor finds it cannot own registration.
 /// rseqrt's own `__rseq_size` becomes 0; an executable that copied it at startup keeps its copy
 /// (read-only by then), but there the areas' `cpu_id` reads -2, which consumers check per thread.
-pub fn downgrade_to_none(reason: crate::platform::Errno) {
+pub fn downgrade_to_none(reason: NoneReason) {
     OWNER.store(Owner::None as i32, Relaxed);
-    NONE_REASON.store(reason.0, Relaxed);
+    set_none_reason(reason);
     let (_, size, _) = arch::export_storage();
     // SAFETY: rseqrt's own definition, in writable data; nothing else writes it after relocation.
     unsafe { size.write_volatile(0) };
 }
 
-/// The errno that explains a downgraded owner, if the owner was downgraded.
-pub fn none_reason() -> Option<crate::platform::Errno> {
-    match NONE_REASON.load(Relaxed) {
-        0 => None,
-        e => Some(crate::platform::Errno(e)),
-    }
+/// Why the owner is NONE although rseq works, if it is.
+pub fn none_reason() -> Option<NoneReason> {
+    NoneReason::from_code(NONE_REASON.load(Relaxed))
 }
 
 pub fn owner() -> Owner {

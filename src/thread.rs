@@ -147,13 +147,12 @@ pub unsafe extern "C" fn rseqrt_interpose_thrd_create(
 /// Whether the program's `pthread_create` is rseqrt's, i.e. whether rseqrt was loaded early
 /// enough (linked or preloaded) to see every thread start. Always true where rseqrt does not
 /// interpose (the Rust crate linked into a program: threads register themselves).
+///
+/// Asked of the link map, not of `dlsym`: a non-PIE program that takes `pthread_create`'s
+/// address has a canonical PLT entry that `dlsym` returns, while its calls still bind to the
+/// first real definition (seen on Debian 11's toolchain).
 pub fn pthread_create_is_ours() -> bool {
-    if !cfg!(feature = "c-library") {
-        return true;
-    }
-    // SAFETY: dlsym with a NUL-terminated name; the result is only compared.
-    let global = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"pthread_create".as_ptr()) } as usize;
-    global == crate::arch::pthread_create_entry()
+    !cfg!(feature = "c-library") || crate::elf::calls_bind_here(b"pthread_create")
 }
 
 /// The user's start routine and argument, returned in %rax:%rdx to the assembly entry.

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::scenario::{case, finish, go, Case, Expect, Mode, Suite, MODES};
+use support::scenario::{case, finish, go, Case, Expect, Mode, Suite, modes};
 use support::{c_test_source, compile, seccomp_exec, stage, CompileSpec, Stage};
 
 const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
@@ -189,7 +189,7 @@ fn no_membarrier() {
     let plugin = p.plugin.display().to_string();
     let cases = p.cases.display().to_string();
     let mut f = Vec::new();
-    for mode in MODES {
+    for &mode in modes() {
         f.extend(go(suite().scenario(
             format!("mixed plain, membarrier ENOSYS [{}]", mode.name()),
             &p.seccomp,

@@ -4,7 +4,8 @@
 //! mode. Every scenario runs in its own child process on the real kernel:
 //!
 //!   {plain glibc, plain + LD_PRELOAD=librseqrt.so, linked with rseqrt}
-//! x {default, GLIBC_TUNABLES=glibc.pthread.rseq=0}
+//! x {default, GLIBC_TUNABLES=glibc.pthread.rseq=0 (rseqrt leaves registration to the program),
+//!    the tunable and RSEQRT_REGISTER=1 (rseqrt registers)}
 //! x {normal, under `seccomp_exec rseq ENOSYS` (seccomp: rseq answers ENOSYS)}
 //!
 //! The plain-glibc rows are the reference: they need no rseqrt at all and
@@ -62,15 +63,16 @@ fn registration_program(build: Build) -> PathBuf {
     program
 }
 
-fn scenario(build: Build, tunable_off: bool, seccomp: bool) {
+fn scenario(build: Build, tunable_off: bool, seccomp: bool, register: bool) {
     let name = format!(
-        "{:?} / {} / {}",
+        "{:?} / {}{} / {}",
         build,
         if tunable_off {
             "glibc.pthread.rseq=0"
         } else {
             "default tunables"
         },
+        if register { " + RSEQRT_REGISTER=1" } else { "" },
         if seccomp {
             "under seccomp_exec rseq ENOSYS"
         } else {
@@ -78,15 +80,24 @@ fn scenario(build: Build, tunable_off: bool, seccomp: bool) {
         }
     );
 
-    // The contract's expectations: glibc registers unless the tunable says
-    // no; rseqrt adopts glibc's area (LIBC) or registers its own (SELF);
-    // without rseq in the kernel nothing is registered and the owner is NONE.
-    let (registered, owner) = match (build, tunable_off, seccomp) {
-        (_, _, true) => (false, (build != Build::Plain).then_some("0")),
-        (Build::Plain, tunable_off, false) => (!tunable_off, None),
-        (_, false, false) => (true, Some("1")),
-        (_, true, false) => (true, Some("2")),
+    // The contract's expectations. glibc 2.35+ registers unless the tunable says no; older glibc
+    // never registers and defines no __rseq_* at all. rseqrt adopts glibc's area (LIBC),
+    // registers its own where glibc does not (SELF), except where the tunable asks to leave
+    // registration to the program (NONE); without rseq in the kernel nothing is registered.
+    let glibc_registers = support::scenario::glibc_registers();
+    let (expect, owner) = match (build, tunable_off, seccomp) {
+        (Build::Plain, _, _) if !glibc_registers => ("noabi", None),
+        (Build::Plain, tunable_off, seccomp) => (if tunable_off || seccomp { "unregistered" } else { "registered" }, None),
+        (_, _, true) => ("unregistered", Some("0")),
+        // RSEQRT_REGISTER=1: rseqrt registers where glibc does not, even so.
+        (_, true, false) if register => ("registered", Some("2")),
+        (_, true, false) => ("unregistered", Some("0")),
+        (_, false, false) if glibc_registers => ("registered", Some("1")),
+        (_, false, false) => ("registered", Some("2")),
     };
+    if expect == "noabi" {
+        println!("scenario {name}: glibc {:?} has no rseq ABI: the plain program checks that no object defines it", support::scenario::glibc_version());
+    }
 
     let program = registration_program(build);
     let preload = match build {
@@ -94,19 +105,18 @@ fn scenario(build: Build, tunable_off: bool, seccomp: bool) {
         _ => None,
     };
 
-    let mut env: Vec<(&str, &str)> = vec![(
-        "RSEQRT_EXPECT",
-        if registered {
-            "registered"
-        } else {
-            "unregistered"
-        },
-    )];
+    let mut env: Vec<(&str, &str)> = vec![("RSEQRT_EXPECT", expect)];
     if let Some(owner) = owner {
         env.push(("RSEQRT_EXPECT_OWNER", owner));
     }
     if tunable_off {
         env.push(("GLIBC_TUNABLES", "glibc.pthread.rseq=0"));
+    }
+    if register {
+        env.push(("RSEQRT_REGISTER", "1"));
+    }
+    if build != Build::Plain && tunable_off && !register && !seccomp {
+        env.push(("RSEQRT_EXPECT_DECLINED", "1"));
     }
     if let Some(preload) = &preload {
         env.push(("LD_PRELOAD", preload));
@@ -127,27 +137,30 @@ fn scenario(build: Build, tunable_off: bool, seccomp: bool) {
 }
 
 macro_rules! scenarios {
-    ($($test:ident: $build:ident, $tunable_off:expr, $seccomp:expr;)*) => {$(
+    ($($test:ident: $build:ident, $tunable_off:expr, $seccomp:expr, $register:expr;)*) => {$(
         #[test]
         fn $test() {
-            scenario(Build::$build, $tunable_off, $seccomp);
+            scenario(Build::$build, $tunable_off, $seccomp, $register);
         }
     )*};
 }
 
 scenarios! {
-    plain_default: Plain, false, false;
-    plain_tunable_off: Plain, true, false;
-    plain_default_seccomp: Plain, false, true;
-    plain_tunable_off_seccomp: Plain, true, true;
-    preload_default: Preload, false, false;
-    preload_tunable_off: Preload, true, false;
-    preload_default_seccomp: Preload, false, true;
-    preload_tunable_off_seccomp: Preload, true, true;
-    linked_default: Linked, false, false;
-    linked_tunable_off: Linked, true, false;
-    linked_default_seccomp: Linked, false, true;
-    linked_tunable_off_seccomp: Linked, true, true;
+    plain_default: Plain, false, false, false;
+    plain_tunable_off: Plain, true, false, false;
+    plain_default_seccomp: Plain, false, true, false;
+    plain_tunable_off_seccomp: Plain, true, true, false;
+    preload_default: Preload, false, false, false;
+    preload_tunable_off: Preload, true, false, false;
+    preload_default_seccomp: Preload, false, true, false;
+    preload_tunable_off_seccomp: Preload, true, true, false;
+    linked_default: Linked, false, false, false;
+    linked_tunable_off: Linked, true, false, false;
+    linked_default_seccomp: Linked, false, true, false;
+    linked_tunable_off_seccomp: Linked, true, true, false;
+    preload_tunable_off_register: Preload, true, false, true;
+    linked_tunable_off_register: Linked, true, false, true;
+    linked_tunable_off_register_seccomp: Linked, true, true, true;
 }
 
 /// The harness's own premise: `seccomp_exec rseq ENOSYS` really takes rseq
@@ -191,6 +204,11 @@ fn linked_program_has_copy_relocations() {
 /// `<rseqrt.h>` as installed: strict C11 and C++17, alone and after glibc's
 /// `<sys/rseq.h>`; linked and run, so C++ also proves C linkage.
 fn header(cxx: bool, sys_rseq_first: bool) {
+    if sys_rseq_first && !support::scenario::glibc_registers() {
+        let (a, b) = support::scenario::glibc_version();
+        println!("skip: glibc {a}.{b} has no <sys/rseq.h> (2.35+): nothing to agree with");
+        return;
+    }
     let stage = stage();
     let (cflags, libs) = stage.rseqrt_flags();
     let name = format!(
@@ -251,7 +269,7 @@ fn header_macros_are_prefixed() {
     let macros = |extra: &str| -> std::collections::BTreeSet<String> {
         let src = support::tests_build_dir().join(format!("macros{extra}.c"));
         let mut text =
-            String::from("#include <stddef.h>\n#include <stdint.h>\n#include <sys/rseq.h>\n");
+            String::from("#include <stddef.h>\n#include <stdint.h>\n#if __has_include(<sys/rseq.h>)\n#include <sys/rseq.h>\n#endif\n");
         text.push_str(extra);
         std::fs::write(&src, text).unwrap();
         let out = support::c_compiler()
@@ -302,8 +320,20 @@ fn library_exports_only_prefixed_symbols() {
         .expect("run nm");
     assert!(out.status.success(), "nm -D {} failed", lib.display());
     let text = String::from_utf8_lossy(&out.stdout);
-    let libc_names =
-        defined_dynamic_symbols(std::path::Path::new("/lib/x86_64-linux-gnu/libc.so.6"));
+    // The C library's functions: in libc.so.6, and before glibc 2.34 also in libpthread.so.0
+    // and libdl.so.2 (empty stubs since).
+    let mut libc_names = std::collections::HashSet::new();
+    for lib in ["libc.so.6", "libpthread.so.0", "libdl.so.2"] {
+        let path = std::path::Path::new("/lib/x86_64-linux-gnu").join(lib);
+        if path.exists() {
+            libc_names.extend(defined_dynamic_symbols(&path));
+        }
+    }
+    // Functions that glibc added after the oldest supported one (2.32, 2.35): rseqrt interposes
+    // them under those versions even where this glibc lacks them.
+    if support::scenario::glibc_version() < (2, 35) {
+        libc_names.extend(["epoll_pwait2".to_string(), "pthread_attr_setsigmask_np".to_string()]);
+    }
     let foreign: Vec<&str> = text
         .lines()
         .filter_map(|l| {
@@ -365,9 +395,53 @@ fn late_load_adopts_or_refuses() {
             .libs(&["-ldl"]),
     );
     let lib = stage().lib("librseqrt.so").display().to_string();
-    for (env, expect) in [(&[][..], "libc"), (&[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")][..], "refused")] {
+    // Where glibc does not register (before 2.35; from 2.35 on, its tunable off and rseqrt asked
+    // to register), a late rseqrt cannot own registration.
+    let off: &[(&str, &str)] = &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0"), ("RSEQRT_REGISTER", "1")];
+    let rows: &[(&[(&str, &str)], &str)] =
+        if support::scenario::glibc_registers() { &[(&[], "libc"), (off, "refused")] } else { &[(&[], "refused"), (off, "refused")] };
+    for &(env, expect) in rows {
         let result = run(&program, &[&lib, expect], env, TIMEOUT);
         println!("{}", result.stdout.trim());
         assert!(result.success(), "late load, expecting {expect}\n{result}");
     }
+}
+
+/// A program that registers rseq itself, as rseq libraries do under glibc's documented opt-out
+/// (`GLIBC_TUNABLES=glibc.pthread.rseq=0`): its own registration succeeds in the main thread and
+/// in every thread, with rseqrt linked or preloaded as with plain glibc, on every glibc (rseqrt
+/// reads the tunable itself where glibc has none). Where someone registered first, the program's
+/// registration is refused: that row shows the check can fail.
+#[test]
+fn registration_left_to_the_program() {
+    let src = [support::c_test_source("abi_own_registration.c")];
+    let plain = compile(&CompileSpec::new("abi_own_registration", &src).cflags(WARNINGS));
+    let (cflags, libs) = stage().rseqrt_flags();
+    let linked = compile(
+        &CompileSpec::new("abi_own_registration_linked", &src).cflags(WARNINGS).cflags(&cflags).libs(&libs),
+    );
+    let lib = stage().lib("librseqrt.so").display().to_string();
+    let tunable = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+    let glibc_registers = support::scenario::glibc_registers();
+    // (what, program, environment, expectation, owner rseqrt must report)
+    let rows: Vec<(&str, &std::path::Path, Vec<(&str, &str)>, &str, Option<i32>)> = vec![
+        ("plain glibc, tunable off", &plain, vec![tunable], "expect-ok", None),
+        ("linked, tunable off", &linked, vec![tunable], "expect-ok", Some(0)),
+        ("preloaded, tunable off", &plain, vec![tunable, ("LD_PRELOAD", &lib)], "expect-ok", Some(0)),
+        ("linked, RSEQRT_REGISTER=0", &linked, vec![("RSEQRT_REGISTER", "0")],
+         if glibc_registers { "expect-refused" } else { "expect-ok" }, Some(if glibc_registers { 1 } else { 0 })),
+        ("linked, tunable off, RSEQRT_REGISTER=1", &linked, vec![tunable, ("RSEQRT_REGISTER", "1")], "expect-refused", Some(2)),
+        ("linked, defaults", &linked, vec![], "expect-refused", Some(if glibc_registers { 1 } else { 2 })),
+    ];
+    let mut failures = Vec::new();
+    for (what, program, env, expect, owner) in rows {
+        let result = run(program, &[expect], &env, TIMEOUT);
+        let owner_seen = support::scenario::reported_owner(&result.stdout);
+        let ok = result.success() && owner_seen == owner.or(Some(-1));
+        println!("{} {what}: {expect}, owner {owner_seen:?}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            failures.push(format!("{what}: want {expect}, owner {owner:?}\n{result}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

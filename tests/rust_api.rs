@@ -1,6 +1,7 @@
 //! The Rust interface, used the way a Rust program uses the crate (linked into the executable).
-//! These run under plain `cargo test`, so glibc owns registration (unless the environment turned
-//! it off, which the assertions accept too).
+//! These run under plain `cargo test`: on glibc 2.35+ glibc owns registration; before it the crate
+//! owns it, and a Rust program's threads (which do not pass through an interposed
+//! `pthread_create`) register themselves, as each test does first.
 
 use rseqrt::{Errno, Owner};
 
@@ -12,8 +13,15 @@ fn getcpu() -> (u32, u32) {
     (cpu, node)
 }
 
+/// What a thread of a Rust program does before it uses rseq: register (where glibc did, EBUSY).
+fn register_this_thread() {
+    let r = rseqrt::register_current_thread();
+    assert!(matches!(r, Ok(()) | Err(Errno(libc::EBUSY))), "register: {r:?}");
+}
+
 #[test]
 fn owner_and_area_match_glibcs_view() {
+    register_this_thread();
     let owner = rseqrt::owner();
     println!("owner {owner:?}, feature size {}, area length {}", rseqrt::kernel_feature_size(), rseqrt::area_length());
     assert_ne!(owner, Owner::None, "rseq is available on this kernel (see the facts note)");
@@ -27,6 +35,7 @@ fn owner_and_area_match_glibcs_view() {
 
 #[test]
 fn current_cpu_node_and_mm_cid_agree_with_the_kernel() {
+    register_this_thread();
     // Retry a few times: the thread may migrate between the two reads.
     let agrees = (0..100).any(|_| {
         let (cpu, node) = getcpu();
@@ -45,9 +54,8 @@ fn threads_enter_the_registry_and_the_barrier_sees_them() {
     let handles: Vec<_> = (0..4)
         .map(|_| {
             std::thread::spawn(|| {
-                // glibc registered this thread already: EBUSY, but the thread joins the registry.
-                let r = rseqrt::register_current_thread();
-                assert!(matches!(r, Ok(()) | Err(Errno(libc::EBUSY))), "register: {r:?}");
+                // Where glibc registered this thread already: EBUSY, but it joins the registry.
+                register_this_thread();
                 rseqrt::current_cpu().expect("cpu")
             })
         })

@@ -1,12 +1,12 @@
-//! The kernel's rseq ABI: bindgen's view of the installed `<linux/rseq.h>` (generated, committed)
-//! plus [`RseqrtArea`], the full `struct rseq` layout the running kernel may fill.
+//! The kernel's rseq ABI: bindgen's view of `rseq_uapi.h` (generated, committed), the project's
+//! own statement of the upstream UAPI, plus [`RseqrtArea`], the same `struct rseq` as the C
+//! header shows it.
 //!
-//! Why two layouts: the build machine's header can be older than the running kernel. Debian 12's
-//! `linux-libc-dev` (6.1) ends `struct rseq` at `flags`, while kernels since 6.3 also fill
-//! `node_id` and `mm_cid` (reported through `AT_RSEQ_FEATURE_SIZE`). `RseqrtArea` declares the
-//! fields of the current upstream UAPI; the assertions below pin its common prefix to the
-//! generated layout, so a header that disagreed would stop the build. Which extended fields are
-//! valid is decided at run time from `AT_RSEQ_FEATURE_SIZE`, never from the header.
+//! Why the input is the project's own: distributions ship different `<linux/rseq.h>` (Debian 11
+//! and 12 end `struct rseq` at `flags`, Debian 13 has `node_id`, `mm_cid` and `end[]`), and the
+//! committed bindings must be the same on every machine. What a given kernel fills is decided at
+//! run time from `AT_RSEQ_FEATURE_SIZE`, never from a header. The assertions below pin
+//! `RseqrtArea` to the generated layout field by field.
 
 #[rustfmt::skip]
 mod linux_rseq;
@@ -30,12 +30,16 @@ pub const CPU_ID_UNINITIALIZED: i32 = rseq_cpu_id_state_RSEQ_CPU_ID_UNINITIALIZE
 /// `cpu_id` of an area whose registration failed or never happened.
 pub const CPU_ID_REGISTRATION_FAILED: i32 = rseq_cpu_id_state_RSEQ_CPU_ID_REGISTRATION_FAILED;
 
-// The prefix shared with the installed header must agree field by field.
+// RseqrtArea and the generated layout must agree field by field.
 const _: () = {
     assert!(offset_of!(RseqrtArea, cpu_id_start) == offset_of!(rseq, cpu_id_start));
     assert!(offset_of!(RseqrtArea, cpu_id) == offset_of!(rseq, cpu_id));
     assert!(offset_of!(RseqrtArea, rseq_cs) == offset_of!(rseq, rseq_cs));
     assert!(offset_of!(RseqrtArea, flags) == offset_of!(rseq, flags));
+    assert!(offset_of!(RseqrtArea, node_id) == offset_of!(rseq, node_id));
+    assert!(offset_of!(RseqrtArea, mm_cid) == offset_of!(rseq, mm_cid));
+    // The feature size of everything RseqrtArea declares is where the extensible end begins.
+    assert!(MM_CID_FEATURE_SIZE as usize == offset_of!(rseq, end));
     assert!(align_of::<RseqrtArea>() == align_of::<rseq>());
     assert!(size_of::<RseqrtArea>() == ORIGINAL_AREA_LENGTH as usize);
     assert!(size_of::<rseq_cs>() == 32);

@@ -207,19 +207,6 @@ macro_rules! interpose {
     };
 }
 
-// The address of rseqrt's default `pthread_create` entry, for `pthread_create_entry`.
-#[cfg(feature = "c-library")]
-global_asm!(
-    ".pushsection .data.rel.ro.rseqrt_interpose,\"aw\",@progbits",
-    ".p2align 3",
-    ".globl rseqrt_pthread_create_entry",
-    ".hidden rseqrt_pthread_create_entry",
-    "rseqrt_pthread_create_entry:",
-    ".quad rseqrt_thunk_pthread_create_v2_34",
-    ".popsection",
-    options(att_syntax)
-);
-
 #[cfg(feature = "preload")]
 interpose! {
     "dlclose" => [("v2_34", "@@GLIBC_2.34"), ("v2_2_5", "@GLIBC_2.2.5")],
@@ -292,48 +279,6 @@ tail_interposer!(crate::census::clone_target => "rseqrt_interpose_clone", "rseqr
 #[cfg(feature = "c-library")]
 tail_interposer!(crate::census::dlopen_target => "rseqrt_interpose_dlopen");
 
-// The default-version entries of the interposers `census` must find in the program's symbol
-// lookup (see `census_entries`).
-#[cfg(feature = "c-library")]
-global_asm!(
-    ".pushsection .data.rel.ro.rseqrt_interpose,\"aw\",@progbits",
-    ".p2align 3",
-    ".globl rseqrt_census_entries",
-    ".hidden rseqrt_census_entries",
-    "rseqrt_census_entries:",
-    ".quad rseqrt_thunk_clone_v2_2_5",
-    ".quad rseqrt_thunk___clone_v2_2_5",
-    ".quad rseqrt_thunk_dlopen_v2_34",
-    ".popsection",
-    options(att_syntax)
-);
-
-/// Address of rseqrt's default-version `pthread_create` entry (0 without the C library build).
-/// Read from a data word next to the thunks: a Rust reference to a `.symver`ed thunk makes the
-/// assembler reject the `.symver` when both land in the same object.
-pub fn pthread_create_entry() -> usize {
-    #[cfg(feature = "c-library")]
-    {
-        extern "C" {
-            static rseqrt_pthread_create_entry: usize;
-        }
-        // SAFETY: a read-only word the dynamic linker relocated to the thunk's address.
-        unsafe { core::ptr::addr_of!(rseqrt_pthread_create_entry).read() }
-    }
-    #[cfg(not(feature = "c-library"))]
-    0
-}
-
-/// Addresses of rseqrt's default-version `clone`, `__clone` and `dlopen` entries (read like
-/// [`pthread_create_entry`]).
-#[cfg(feature = "c-library")]
-pub fn census_entries() -> [usize; 3] {
-    extern "C" {
-        static rseqrt_census_entries: [usize; 3];
-    }
-    // SAFETY: three read-only words the dynamic linker relocated to the thunks' addresses.
-    unsafe { core::ptr::addr_of!(rseqrt_census_entries).read() }
-}
 
 // The start routine rseqrt hands to the C library's pthread_create. It runs the Rust prologue
 // (`crate::thread::thread_started`, which returns the user's start routine in %rax and its

@@ -9,18 +9,8 @@
 //! glibc 2.35+ defines them in `ld-linux-x86-64.so.2`.
 
 use crate::arch;
-use crate::elf::{LinkMap, _r_debug, DT_GNU_HASH, DT_HASH, DT_STRTAB, DT_SYMTAB};
+use crate::elf::_r_debug;
 use core::ptr;
-
-#[repr(C)]
-struct Elf64Sym {
-    st_name: u32,
-    st_info: u8,
-    st_other: u8,
-    st_shndx: u16,
-    st_value: u64,
-    st_size: u64,
-}
 
 /// glibc's three values.
 #[derive(Clone, Copy)]
@@ -43,7 +33,7 @@ pub fn glibc_rseq_exports() -> Option<GlibcRseq> {
         let m = unsafe { &*map };
         if !first && !m.l_ld.is_null() {
             // SAFETY: `m` is a loaded object, so its dynamic section and tables are mapped.
-            let found = unsafe { (lookup(m, b"__rseq_offset"), lookup(m, b"__rseq_size"), lookup(m, b"__rseq_flags")) };
+            let found = unsafe { (m.lookup(b"__rseq_offset"), m.lookup(b"__rseq_size"), m.lookup(b"__rseq_flags")) };
             if let (Some(o), Some(s), Some(f)) = found {
                 if o as *mut isize != own_offset {
                     // SAFETY: the symbols are defined data objects of a relocated object.
@@ -61,110 +51,4 @@ pub fn glibc_rseq_exports() -> Option<GlibcRseq> {
         map = m.l_next;
     }
     None
-}
-
-/// Address of the defined dynamic symbol `name` in object `m`.
-///
-/// # Safety
-/// `m` must be a loaded object whose dynamic section and symbol tables are mapped.
-unsafe fn lookup(m: &LinkMap, name: &[u8]) -> Option<usize> {
-    // SAFETY: the caller guarantees the tables are mapped; every index used below comes from the
-    // object's own hash tables (this block is the whole function).
-    unsafe {
-        let symtab = m.dyn_ptr(DT_SYMTAB).unwrap_or(0) as *const Elf64Sym;
-        let strtab = m.dyn_ptr(DT_STRTAB).unwrap_or(0) as *const u8;
-        let (gnu_hash, sysv_hash) = (m.dyn_ptr(DT_GNU_HASH), m.dyn_ptr(DT_HASH));
-        if symtab.is_null() || strtab.is_null() {
-            return None;
-        }
-        let matches = |i: u32| -> Option<usize> {
-            let sym = &*symtab.add(i as usize);
-            (sym.st_shndx != 0 && sym.st_value != 0 && c_str_eq(strtab.add(sym.st_name as usize), name))
-                .then(|| m.l_addr + sym.st_value as usize)
-        };
-        if let Some(h) = gnu_hash {
-            let h = h as *const u32;
-            let (nbuckets, symoffset, bloom_words) = (*h, *h.add(1), *h.add(2));
-            if nbuckets == 0 {
-                return None;
-            }
-            let buckets = h.add(4 + 2 * bloom_words as usize);
-            let chain = buckets.add(nbuckets as usize);
-            let hash = gnu_hash_of(name);
-            let mut i = *buckets.add((hash % nbuckets) as usize);
-            if i < symoffset {
-                return None;
-            }
-            loop {
-                let h2 = *chain.add((i - symoffset) as usize);
-                if (h2 | 1) == (hash | 1) {
-                    if let Some(a) = matches(i) {
-                        return Some(a);
-                    }
-                }
-                if h2 & 1 != 0 {
-                    return None;
-                }
-                i += 1;
-            }
-        } else if let Some(h) = sysv_hash {
-            let h = h as *const u32;
-            let nbucket = *h;
-            if nbucket == 0 {
-                return None;
-            }
-            let chain = h.add(2 + nbucket as usize);
-            let mut i = *h.add(2 + (sysv_hash_of(name) % nbucket) as usize);
-            while i != 0 {
-                if let Some(a) = matches(i) {
-                    return Some(a);
-                }
-                i = *chain.add(i as usize);
-            }
-        }
-        None
-    }
-}
-
-/// Compares a NUL-terminated string with `name`, byte by byte (no `memcmp` call).
-///
-/// # Safety
-/// `s` must point to a NUL-terminated string.
-unsafe fn c_str_eq(s: *const u8, name: &[u8]) -> bool {
-    let mut i = 0;
-    while i < name.len() {
-        // SAFETY: bytes before the terminating NUL are readable; we stop at the first mismatch,
-        // which includes the NUL.
-        if unsafe { ptr::read_volatile(s.add(i)) } != name[i] {
-            return false;
-        }
-        i += 1;
-    }
-    // SAFETY: all of `name` matched, so `s` has at least `i` non-NUL bytes and a terminator after.
-    unsafe { ptr::read_volatile(s.add(i)) == 0 }
-}
-
-fn gnu_hash_of(name: &[u8]) -> u32 {
-    let mut h: u32 = 5381;
-    let mut i = 0;
-    while i < name.len() {
-        h = h.wrapping_mul(33).wrapping_add(name[i] as u32);
-        i += 1;
-    }
-    h
-}
-
-fn sysv_hash_of(name: &[u8]) -> u32 {
-    let mut h: u32 = 0;
-    let mut i = 0;
-    while i < name.len() {
-        h = (h << 4).wrapping_add(name[i] as u32);
-        let g = h & 0xf000_0000;
-        if g != 0 {
-            h ^= g >> 24;
-        }
-        h &= !g;
-        i += 1;
-    }
-    h
 }

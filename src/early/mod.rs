@@ -13,20 +13,32 @@
 //! offsets), and this object's own data.
 
 mod auxv;
+mod environ;
 mod ldso;
 
 use crate::abi::{ORIGINAL_AREA_LENGTH, ORIGINAL_FEATURE_SIZE};
 use crate::arch;
 use crate::platform::{self, Errno};
-use crate::state::{self, Owner};
+use crate::state::{self, NoneReason, Owner};
 
 /// IFUNC resolver: computes the process-wide rseq configuration, writes the exports, and
 /// returns the constructor for `.init_array`.
 pub extern "C" fn resolve() -> extern "C" fn() {
     let glibc = ldso::glibc_rseq_exports();
     let kernel = auxv::rseq_features();
+    let settings = environ::owner_settings(kernel.secure);
+    // Where glibc does not register: the program's own wish comes first (see `environ`).
+    let declined = match settings {
+        environ::OwnerSettings { register: Some(false), .. } => Some(NoneReason::Disabled),
+        environ::OwnerSettings { glibc_rseq_off: true, register: None, .. } => Some(NoneReason::ProgramRegisters),
+        _ => None,
+    };
+    let glibc_registers = glibc.is_some_and(|g| g.size > 0);
+    // Where neither glibc nor rseqrt registers although the kernel could: say why.
+    let declined = declined.filter(|_| !glibc_registers && kernel_has_rseq());
     let (owner, offset, size) = match glibc {
         Some(g) if g.size > 0 => (Owner::Libc, g.offset, g.size),
+        _ if declined.is_some() => (Owner::None, glibc.map_or(arch::tls_area_offset(), |g| g.offset), 0),
         _ if kernel_has_rseq() => {
             let size = match kernel.feature_size {
                 0 => ORIGINAL_FEATURE_SIZE,
@@ -43,6 +55,9 @@ pub extern "C" fn resolve() -> extern "C" fn() {
         Owner::Libc => size.max(ORIGINAL_AREA_LENGTH),
         _ => self_area_length(kernel),
     };
+    if let Some(reason) = declined {
+        state::set_none_reason(reason);
+    }
     state::publish(state::Config {
         owner,
         offset,

@@ -85,11 +85,18 @@ pub fn stage() -> &'static Stage {
     static STAGE: OnceLock<Result<Stage, String>> = OnceLock::new();
     let result = STAGE.get_or_init(|| {
         let root = repo_root();
-        checked_output(
-            Command::new("make").args(["-s", "stage"]).current_dir(&root),
-            "`make -s stage`",
-        )?;
-        let prefix = root.join("build").join("stage");
+        // RSEQRT_STAGE: an installed tree made elsewhere (an unpacked `make dist` tarball),
+        // tested as it is; otherwise this tree's `make stage`.
+        let prefix = match std::env::var_os("RSEQRT_STAGE") {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                checked_output(
+                    Command::new("make").args(["-s", "stage"]).current_dir(&root),
+                    "`make -s stage`",
+                )?;
+                root.join("build").join("stage")
+            }
+        };
         let stage = Stage {
             lib_dir: prefix.join("lib"),
             include_dir: prefix.join("include"),
@@ -103,7 +110,8 @@ pub fn stage() -> &'static Stage {
         ] {
             if !want.exists() {
                 return Err(format!(
-                    "`make -s stage` succeeded but {} is missing",
+                    "the staged tree {} lacks {}",
+                    stage.prefix.display(),
                     want.display()
                 ));
             }
@@ -227,6 +235,9 @@ fn compile_now(spec: &CompileSpec) -> Result<PathBuf, String> {
         cmd.args(&spec.sources);
     }
     cmd.args(&spec.libs);
+    // Before glibc 2.34, pthread_*, dl* and timer_* live in libpthread, libdl and librt; naming
+    // them last costs nothing on newer glibc (they are empty there and dropped by --as-needed).
+    cmd.args(["-pthread", "-ldl", "-lrt"]);
     // Debug of a Command lists the whole environment; show program and args only.
     let shown = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
@@ -290,6 +301,7 @@ pub const SCRUBBED_ENV: &[&str] = &[
     "GLIBC_TUNABLES",
     "RSEQRT_SIGNAL",
     "RSEQRT_TIMEOUT_MS",
+    "RSEQRT_REGISTER",
 ];
 
 /// Runs `program args` with `env` on top of the scrubbed environment (also

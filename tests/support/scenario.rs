@@ -25,17 +25,49 @@ pub const EXIT_INCONCLUSIVE: i32 = 9;
 pub enum Mode {
     /// glibc registers every thread; rseqrt adopts glibc's areas.
     Glibc,
-    /// `GLIBC_TUNABLES=glibc.pthread.rseq=0`: rseqrt registers its own areas.
+    /// rseqrt registers its own areas: glibc before 2.35 as it is, later ones with
+    /// `GLIBC_TUNABLES=glibc.pthread.rseq=0` and `RSEQRT_REGISTER=1`.
     Own,
 }
 
+/// This glibc's version as (major, minor).
+pub fn glibc_version() -> (u32, u32) {
+    // SAFETY: gnu_get_libc_version returns a static NUL-terminated string.
+    let v = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) }.to_string_lossy().into_owned();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Whether this glibc registers rseq for every thread (2.35 and later).
+pub fn glibc_registers() -> bool {
+    glibc_version() >= (2, 35)
+}
+
+/// The owner modes this glibc has: both from 2.35 on; before it glibc registers nothing, so
+/// rseqrt owns registration with no setting at all, and "glibc-owner" rows do not exist (said
+/// once per test binary).
+pub fn modes() -> &'static [Mode] {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if glibc_registers() {
+        &[Mode::Glibc, Mode::Own]
+    } else {
+        SAID.call_once(|| {
+            let (a, b) = glibc_version();
+            println!("note  glibc {a}.{b} registers no rseq: no [glibc-owner] rows; rseqrt owns with no setting");
+        });
+        &[Mode::Own]
+    }
+}
+
+/// Both modes, for a case's default mode lists (rows run only in [`modes`]).
 pub const MODES: [Mode; 2] = [Mode::Glibc, Mode::Own];
 
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Glibc => "glibc-owner",
-            Mode::Own => "rseq=0",
+            Mode::Own if glibc_registers() => "rseq=0",
+            Mode::Own => "self-owner",
         }
     }
     /// The `rseqrt_owner()` a program linked with rseqrt reports in this mode.
@@ -48,8 +80,12 @@ impl Mode {
     /// The environment that selects this mode.
     pub fn env(self) -> Vec<(String, String)> {
         match self {
-            Mode::Glibc => Vec::new(),
-            Mode::Own => vec![("GLIBC_TUNABLES".into(), TUNABLE_OFF.into())],
+            // glibc's opt-out, and RSEQRT_REGISTER=1 so that rseqrt registers in glibc's place
+            // (without it rseqrt leaves registration to the program as well).
+            Mode::Own if glibc_registers() => {
+                vec![("GLIBC_TUNABLES".into(), TUNABLE_OFF.into()), ("RSEQRT_REGISTER".into(), "1".into())]
+            }
+            _ => Vec::new(),
         }
     }
 }
@@ -319,7 +355,7 @@ impl Suite {
                     format!(" {k}={}", parts.join(" "))
                 })
                 .collect();
-            for mode in MODES {
+            for &mode in modes() {
                 let mut methods = Vec::new();
                 if case.plain_in.contains(&mode) {
                     methods.push(("plain", Expect::Segv));
@@ -355,7 +391,7 @@ impl Suite {
         let mut f = Vec::new();
         for op in ops {
             let shown = op[0];
-            for mode in MODES {
+            for &mode in modes() {
                 let plain_args: Vec<&str> = [&[op[0], "plain"], &op[1..]].concat();
                 let mut plain =
                     self.scenario(format!("{shown} plain [{}]", mode.name()), program, &plain_args, mode, Expect::Segv);
