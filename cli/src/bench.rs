@@ -6,9 +6,9 @@
 //! yields one median per call, and a ratio is the median over repetitions of the per-repetition
 //! ratio (paired), which cancels most of the drift of a shared, noisy machine.
 
-use crate::json::Json;
+use crate::plot::{barrier_plot, replot};
 use crate::selftest::{write_plugins, TempDir};
-use crate::svg::{line_chart, Series};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,6 +16,25 @@ use std::time::Instant;
 
 const BENCH_C: &str = include_str!("../../bench/rseqrt_bench.c");
 const TUNABLE_OFF: &str = "glibc.pthread.rseq=0";
+
+/// The options of `rseqrt bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Fewer threads and repetitions (about 30 s instead of about 3 minutes)
+    #[arg(long)]
+    quick: bool,
+    /// Where to write results.md, results.json, barrier-latency.svg [default: docs/bench of the
+    /// source tree; with --replot, the directory of the results file]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Directory holding librseqrt.so and librseqrt_preload.so [default: build/lib of the source
+    /// tree, else ../lib next to this program]
+    #[arg(long, value_name = "DIR")]
+    lib_dir: Option<PathBuf>,
+    /// Measure nothing: draw barrier-latency.svg again from the results.json of an earlier run
+    #[arg(long, value_name = "RESULTS_JSON", conflicts_with_all = ["quick", "lib_dir"])]
+    replot: Option<PathBuf>,
+}
 
 struct Opts {
     quick: bool,
@@ -170,44 +189,95 @@ impl Target {
     fn met(&self) -> Option<bool> {
         self.ratio.map(|r| r <= self.limit)
     }
-    fn json(&self) -> Json {
-        Json::obj().with("target", self.what.as_str()).with("ratio", self.ratio).with("limit", self.limit).with("met", self.met())
+}
+
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            target: &'a str,
+            ratio: Option<f64>,
+            limit: f64,
+            met: Option<bool>,
+        }
+        Row { target: &self.what, ratio: self.ratio, limit: self.limit, met: self.met() }.serialize(s)
     }
 }
 
-pub fn run(args: &[String]) -> i32 {
-    let mut opts = Opts { quick: false, out: default_out(), lib_dir: default_lib_dir() };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--quick" => opts.quick = true,
-            "--out" => match it.next() {
-                Some(d) => opts.out = d.into(),
-                None => return usage("--out needs a directory"),
-            },
-            "--lib-dir" => match it.next() {
-                Some(d) => opts.lib_dir = d.into(),
-                None => return usage("--lib-dir needs a directory"),
-            },
-            "-h" | "--help" => {
-                print!("{}", crate::HELP_BENCH);
-                return 0;
-            }
-            other => return usage(&format!("unknown argument '{other}'")),
+/// One benchmark child's samples in results.json: for each key its median and per-repetition
+/// medians, then its '#' lines as `info_KEY`, then the ratios computed from them.
+#[derive(Serialize)]
+struct SamplesJson {
+    #[serde(flatten)]
+    values: BTreeMap<String, Measured>,
+    #[serde(flatten)]
+    info: BTreeMap<String, f64>,
+    #[serde(flatten, serialize_with = "in_order")]
+    ratios: Vec<(&'static str, Option<f64>)>,
+}
+
+/// Serializes (key, value) pairs as a map, in their order.
+fn in_order<S: serde::Serializer>(pairs: &[(&'static str, Option<f64>)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().copied())
+}
+
+#[derive(Serialize)]
+struct Measured {
+    median_ns: Option<f64>,
+    per_rep_ns: Vec<f64>,
+}
+
+impl SamplesJson {
+    fn new(s: &Samples, ratios: &[(&'static str, Option<f64>)]) -> SamplesJson {
+        SamplesJson {
+            values: s.values.iter().map(|(k, v)| (k.clone(), Measured { median_ns: median(v.clone()), per_rep_ns: v.clone() })).collect(),
+            info: s.info.iter().map(|(k, v)| (format!("info_{k}"), *v)).collect(),
+            ratios: ratios.to_vec(),
         }
     }
-    match bench(&opts) {
+}
+
+/// results.json.
+#[derive(Serialize)]
+struct Results {
+    generated_by: &'static str,
+    quick: bool,
+    cpus: usize,
+    kernel: String,
+    glibc: String,
+    library: String,
+    seconds: f64,
+    targets: Vec<Target>,
+    /// By idle thread count.
+    dlclose: BTreeMap<usize, SamplesJson>,
+    /// By thread count.
+    barrier: BTreeMap<usize, SamplesJson>,
+    munmap: SamplesJson,
+    munmap_preload: Option<SamplesJson>,
+    thread_start: SamplesJson,
+    current_cpu: SamplesJson,
+    current_cpu_owner_self: SamplesJson,
+}
+
+pub fn run(args: &Args) -> i32 {
+    let done = match &args.replot {
+        Some(results) => {
+            let dir = results.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            replot(results, args.out.as_deref().unwrap_or(dir))
+        }
+        None => bench(&Opts {
+            quick: args.quick,
+            out: args.out.clone().unwrap_or_else(default_out),
+            lib_dir: args.lib_dir.clone().unwrap_or_else(default_lib_dir),
+        }),
+    };
+    match done {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("rseqrt bench: {e}");
             1
         }
     }
-}
-
-fn usage(msg: &str) -> i32 {
-    eprintln!("rseqrt bench: {msg} (try --help)");
-    2
 }
 
 fn bench(o: &Opts) -> Result<(), String> {
@@ -307,8 +377,8 @@ fn bench(o: &Opts) -> Result<(), String> {
          The C benchmark programs are linked against `{}`. Total time: {:.0} s.\n\n",
         if q { " --quick" } else { "" },
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        json_str(&info, &["kernel", "release"]),
-        json_str(&info, &["libc", "version"]),
+        info.kernel.release,
+        info.libc.version,
         owner_of(&cpu, owner),
         p.lib_dir.join("librseqrt.so").display(),
         started.elapsed().as_secs_f64()
@@ -371,68 +441,40 @@ fn bench(o: &Opts) -> Result<(), String> {
     }
     md.push_str("\n(With glibc's registration turned off, glibc's `sched_getcpu()` falls back to the vDSO's `getcpu`, while `rseqrt_current_cpu()` still reads the `cpu_id` of rseqrt's own area.)\n");
 
-    // ---- JSON ----------------------------------------------------------------------------
-    let samples_json = |s: &Samples| -> Json {
-        let mut o = Json::obj();
-        for (k, v) in &s.values {
-            o.set(k, Json::obj().with("median_ns", median(v.clone())).with("per_rep_ns", v.clone()));
-        }
-        for (k, v) in &s.info {
-            o.set(&format!("info_{k}"), *v);
-        }
-        o
+    // ---- JSON and SVG --------------------------------------------------------------------
+    let results = Results {
+        generated_by: if q { "rseqrt bench --quick" } else { "rseqrt bench" },
+        quick: q,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel: info.kernel.release.clone(),
+        glibc: info.libc.version.clone(),
+        library: p.lib_dir.join("librseqrt.so").display().to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+        targets,
+        dlclose: dl.iter().map(|(t, s)| (*t, SamplesJson::new(s, &[
+            ("ratio_k0", s.ratio("rseqrt_k0", "plain")),
+            ("ratio_k1", s.ratio("rseqrt_k1", "plain")),
+            ("ratio_kall", s.ratio("rseqrt_kall", "plain")),
+            ("ratio_scan_floor", floor_ratio(s)),
+        ]))).collect(),
+        barrier: bar.iter().map(|(t, s)| (*t, SamplesJson::new(s, &[]))).collect(),
+        munmap: SamplesJson::new(&mm, &[("ratio", mm.ratio("rseqrt", "plain"))]),
+        munmap_preload: mm_pre.as_ref().map(|s| SamplesJson::new(s, &[("ratio", s.ratio("preloaded", "syscall"))])),
+        thread_start: SamplesJson::new(&th, &[
+            ("ratio_rseqrt_self", th.ratio("rseqrt_self.create_join", "glibc.create_join")),
+            ("ratio_rseqrt_libc", th.ratio("rseqrt_libc.create_join", "glibc.create_join")),
+        ]),
+        current_cpu: SamplesJson::new(&cpu, &[("ratio", cpu.ratio("rseqrt", "sched_getcpu"))]),
+        current_cpu_owner_self: SamplesJson::new(&cpu_self, &[("ratio", cpu_self.ratio("rseqrt", "sched_getcpu"))]),
     };
-    let mut dl_j = Json::obj();
-    for (t, s) in &dl {
-        dl_j.set(&t.to_string(), samples_json(s).with("ratio_k0", s.ratio("rseqrt_k0", "plain")).with("ratio_k1", s.ratio("rseqrt_k1", "plain")).with("ratio_kall", s.ratio("rseqrt_kall", "plain")).with("ratio_scan_floor", floor_ratio(s)));
-    }
-    let mut bar_j = Json::obj();
-    for (t, s) in &bar {
-        bar_j.set(&t.to_string(), samples_json(s));
-    }
-    let j = Json::obj()
-        .with("generated_by", if q { "rseqrt bench --quick" } else { "rseqrt bench" })
-        .with("quick", q)
-        .with("cpus", std::thread::available_parallelism().map_or(0, |n| n.get()))
-        .with("kernel", json_str(&info, &["kernel", "release"]))
-        .with("glibc", json_str(&info, &["libc", "version"]))
-        .with("library", p.lib_dir.join("librseqrt.so").display().to_string())
-        .with("seconds", started.elapsed().as_secs_f64())
-        .with("targets", Json::Arr(targets.iter().map(Target::json).collect()))
-        .with("dlclose", dl_j)
-        .with("barrier", bar_j)
-        .with("munmap", samples_json(&mm).with("ratio", mm.ratio("rseqrt", "plain")))
-        .with("munmap_preload", mm_pre.as_ref().map_or(Json::Null, |s| samples_json(s).with("ratio", s.ratio("preloaded", "syscall"))))
-        .with("thread_start", samples_json(&th)
-            .with("ratio_rseqrt_self", th.ratio("rseqrt_self.create_join", "glibc.create_join"))
-            .with("ratio_rseqrt_libc", th.ratio("rseqrt_libc.create_join", "glibc.create_join")))
-        .with("current_cpu", samples_json(&cpu).with("ratio", cpu.ratio("rseqrt", "sched_getcpu")))
-        .with("current_cpu_owner_self", samples_json(&cpu_self).with("ratio", cpu_self.ratio("rseqrt", "sched_getcpu")));
-
-    // ---- SVG -----------------------------------------------------------------------------
-    let series = |name: &str, key: &str, color: &'static str, dashed: bool| Series {
-        name: name.into(),
-        color,
-        dashed,
-        points: bar.iter().filter_map(|(t, s)| s.median(key).map(|v| (*t as f64, v / 1000.0))).collect(),
-    };
-    let svg = line_chart(
-        "Barrier latency vs thread count (idle threads)",
-        "threads in the process",
-        "latency (microseconds, log scale)",
-        &[
-            series("rseqrt, none stale", "rseqrt_idle", "#1f77b4", false),
-            series("rseqrt, all stale", "rseqrt_stale", "#1f77b4", true),
-            series("signal + ack (naive)", "naive", "#d62728", false),
-            series("glibc setuid() broadcast", "glibc", "#ff7f0e", false),
-            series("membarrier RSEQ (floor)", "membarrier", "#2ca02c", true),
-        ],
-    );
+    let json = serde_json::to_string_pretty(&results).map_err(|e| format!("results.json: {e}"))?;
+    // The plot reads results.json's "barrier" object, as `--replot` does later.
+    let svg = barrier_plot(&serde_json::to_value(&results.barrier).map_err(|e| format!("results.json: {e}"))?)?;
 
     std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
     let write = |name: &str, text: &str| std::fs::write(o.out.join(name), text).map_err(|e| format!("{name}: {e}"));
     write("results.md", &md)?;
-    write("results.json", &j.pretty())?;
+    write("results.json", &format!("{json}\n"))?;
     write("barrier-latency.svg", &svg)?;
     print!("{md}");
     println!("\nWritten: {}/results.md, results.json, barrier-latency.svg", o.out.display());
@@ -445,22 +487,5 @@ fn owner_of(s: &Samples, fallback: &str) -> String {
         Some(1) => "libc".into(),
         Some(2) => "self".into(),
         _ => fallback.into(),
-    }
-}
-
-fn json_str(j: &Json, path: &[&str]) -> String {
-    let mut cur = j;
-    for key in path {
-        cur = match cur {
-            Json::Obj(f) => match f.iter().find(|(k, _)| k == key) {
-                Some((_, v)) => v,
-                None => return "unknown".into(),
-            },
-            _ => return "unknown".into(),
-        };
-    }
-    match cur {
-        Json::Str(s) => s.clone(),
-        _ => "unknown".into(),
     }
 }

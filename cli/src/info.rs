@@ -1,7 +1,7 @@
 //! `rseqrt info`: what rseq looks like to a program on this machine.
 
-use crate::json::Json;
 use rseqrt::Owner;
+use serde::Serialize;
 use std::ffi::{c_char, c_void, CStr};
 
 const AT_RSEQ_FEATURE_SIZE: libc::c_ulong = 27;
@@ -117,127 +117,158 @@ pub fn signal_name(sig: i32) -> String {
     }
 }
 
-pub fn collect() -> Json {
+/// What `rseqrt info` reports; `--json` prints it as it is.
+#[derive(Serialize)]
+pub struct Info {
+    pub kernel: Kernel,
+    pub membarrier: Membarrier,
+    pub libc: Libc,
+    pub rseqrt: Rseqrt,
+}
+
+#[derive(Serialize)]
+pub struct Kernel {
+    pub release: String,
+    pub rseq: bool,
+    pub at_rseq_feature_size: Option<u32>,
+    pub at_rseq_align: Option<u32>,
+    pub feature_size: u32,
+    pub node_id: bool,
+    pub mm_cid: bool,
+}
+
+#[derive(Serialize)]
+pub struct Membarrier {
+    pub available: bool,
+    pub query_mask: Option<String>,
+    pub commands: Vec<&'static str>,
+    pub private_expedited_rseq: bool,
+}
+
+#[derive(Serialize)]
+pub struct Libc {
+    pub name: &'static str,
+    pub version: String,
+    pub rseq_abi: bool,
+    pub registers_rseq: bool,
+    pub rseq_offset: Option<i64>,
+    pub rseq_size: Option<u32>,
+    pub rseq_flags: Option<u32>,
+    pub tunable_glibc_pthread_rseq: Option<u8>,
+}
+
+#[derive(Serialize)]
+pub struct Rseqrt {
+    pub owner: &'static str,
+    pub owner_code: i32,
+    pub owner_meaning: &'static str,
+    pub area_length: u32,
+    pub rseq_offset: Option<i64>,
+    pub current_cpu: Option<u32>,
+    pub current_node: Option<u32>,
+    pub current_mm_cid: Option<u32>,
+    pub reserved_signal: i32,
+    pub reserved_signal_name: String,
+}
+
+pub fn collect() -> Info {
     // SAFETY: getauxval only reads the auxiliary vector; 0 means absent.
     let (feature_size, align) = unsafe { (libc::getauxval(AT_RSEQ_FEATURE_SIZE) as u32, libc::getauxval(AT_RSEQ_ALIGN) as u32) };
     let has_rseq = kernel_has_rseq();
     let fs = rseqrt::kernel_feature_size();
-    let kernel = Json::obj()
-        .with("release", uname_release())
-        .with("rseq", has_rseq)
-        .with("at_rseq_feature_size", (feature_size != 0).then_some(feature_size))
-        .with("at_rseq_align", (align != 0).then_some(align))
-        .with("feature_size", fs)
-        .with("node_id", has_rseq && fs >= 24)
-        .with("mm_cid", has_rseq && fs >= 28);
+    let kernel = Kernel {
+        release: uname_release(),
+        rseq: has_rseq,
+        at_rseq_feature_size: (feature_size != 0).then_some(feature_size),
+        at_rseq_align: (align != 0).then_some(align),
+        feature_size: fs,
+        node_id: has_rseq && fs >= 24,
+        mm_cid: has_rseq && fs >= 28,
+    };
 
     let mask = rseqrt::barrier::expedite::query();
-    let cmds: Vec<Json> = match mask {
-        Some(m) => MEMBARRIER_CMDS.iter().filter(|(bit, _)| m as u32 & bit != 0).map(|(_, n)| Json::from(*n)).collect(),
-        None => Vec::new(),
+    let membarrier = Membarrier {
+        available: mask.is_some(),
+        query_mask: mask.map(|m| format!("{m:#x}")),
+        commands: mask.map_or(Vec::new(), |m| MEMBARRIER_CMDS.iter().filter(|(bit, _)| m as u32 & bit != 0).map(|(_, n)| *n).collect()),
+        private_expedited_rseq: mask.is_some_and(|m| m & (1 << 7) != 0),
     };
-    let membarrier = Json::obj()
-        .with("available", mask.is_some())
-        .with("query_mask", mask.map(|m| format!("{m:#x}")))
-        .with("commands", Json::Arr(cmds))
-        .with("private_expedited_rseq", mask.is_some_and(|m| m & (1 << 7) != 0));
 
     // SAFETY: gnu_get_libc_version returns a static NUL-terminated string.
     let version = unsafe { CStr::from_ptr(gnu_get_libc_version()) }.to_string_lossy().into_owned();
     let g = glibc_rseq();
-    let registers = g.as_ref().is_some_and(|g| g.size > 0);
-    let libc_j = Json::obj()
-        .with("name", "glibc")
-        .with("version", version)
-        .with("rseq_abi", g.is_some())
-        .with("registers_rseq", registers)
-        .with("rseq_offset", g.as_ref().map(|g| g.offset as i64))
-        .with("rseq_size", g.as_ref().map(|g| g.size))
-        .with("rseq_flags", g.as_ref().map(|g| g.flags))
-        .with("tunable_glibc_pthread_rseq", tunable_rseq().map(|on| if on { 1 } else { 0 }));
+    let libc = Libc {
+        name: "glibc",
+        version,
+        rseq_abi: g.is_some(),
+        registers_rseq: g.as_ref().is_some_and(|g| g.size > 0),
+        rseq_offset: g.as_ref().map(|g| g.offset as i64),
+        rseq_size: g.as_ref().map(|g| g.size),
+        rseq_flags: g.as_ref().map(|g| g.flags),
+        tunable_glibc_pthread_rseq: tunable_rseq().map(u8::from),
+    };
 
     let owner = rseqrt::owner();
-    let area = rseqrt::area();
-    let rseqrt_j = Json::obj()
-        .with("owner", owner_name(owner))
-        .with("owner_code", owner as i32)
-        .with("owner_meaning", owner_words(owner))
-        .with("area_length", rseqrt::area_length())
-        .with("rseq_offset", area.map(|_| rseqrt::area_offset() as i64))
-        .with("current_cpu", rseqrt::current_cpu().ok())
-        .with("current_node", rseqrt::current_node().ok())
-        .with("current_mm_cid", rseqrt::current_mm_cid().ok())
-        .with("reserved_signal", rseqrt::reserved_signal())
-        .with("reserved_signal_name", signal_name(rseqrt::reserved_signal()));
-    Json::obj().with("kernel", kernel).with("membarrier", membarrier).with("libc", libc_j).with("rseqrt", rseqrt_j)
-}
-
-fn get<'a>(j: &'a Json, path: &[&str]) -> &'a Json {
-    let mut cur = j;
-    for key in path {
-        cur = match cur {
-            Json::Obj(f) => f.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or(&Json::Null),
-            _ => &Json::Null,
-        };
-    }
-    cur
-}
-
-fn show(j: &Json) -> String {
-    match j {
-        Json::Null => "unknown".into(),
-        Json::Bool(b) => if *b { "yes" } else { "no" }.into(),
-        Json::Int(i) => i.to_string(),
-        Json::Num(x) => x.to_string(),
-        Json::Str(s) => s.clone(),
-        Json::Arr(a) => a.iter().map(show).collect::<Vec<_>>().join(" "),
-        Json::Obj(_) => "{..}".into(),
-    }
-}
-
-pub fn run(args: &[String]) -> i32 {
-    let as_json = match crate::json_flag("info", crate::HELP_INFO, args) {
-        Ok(j) => j,
-        Err(code) => return code,
+    let rseqrt = Rseqrt {
+        owner: owner_name(owner),
+        owner_code: owner as i32,
+        owner_meaning: owner_words(owner),
+        area_length: rseqrt::area_length(),
+        rseq_offset: rseqrt::area().map(|_| rseqrt::area_offset() as i64),
+        current_cpu: rseqrt::current_cpu().ok(),
+        current_node: rseqrt::current_node().ok(),
+        current_mm_cid: rseqrt::current_mm_cid().ok(),
+        reserved_signal: rseqrt::reserved_signal(),
+        reserved_signal_name: signal_name(rseqrt::reserved_signal()),
     };
-    let j = collect();
+    Info { kernel, membarrier, libc, rseqrt }
+}
+
+/// A value for people: "unknown" when absent, "yes"/"no" for a flag.
+fn show<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or("unknown".into(), T::to_string)
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+pub fn run(as_json: bool) -> i32 {
+    let i = collect();
     if as_json {
-        print!("{}", j.pretty());
+        crate::print_json(&i);
         return 0;
     }
-    let s = |p: &[&str]| show(get(&j, p));
-    println!("Kernel {}", s(&["kernel", "release"]));
-    println!("  rseq system call:          {}", s(&["kernel", "rseq"]));
-    println!("  AT_RSEQ_FEATURE_SIZE:      {}", s(&["kernel", "at_rseq_feature_size"]));
-    println!("  AT_RSEQ_ALIGN:             {}", s(&["kernel", "at_rseq_align"]));
-    println!("  extended fields:           node_id {}, mm_cid {}", s(&["kernel", "node_id"]), s(&["kernel", "mm_cid"]));
+    let (k, m, l, r) = (&i.kernel, &i.membarrier, &i.libc, &i.rseqrt);
+    println!("Kernel {}", k.release);
+    println!("  rseq system call:          {}", yes(k.rseq));
+    println!("  AT_RSEQ_FEATURE_SIZE:      {}", show(&k.at_rseq_feature_size));
+    println!("  AT_RSEQ_ALIGN:             {}", show(&k.at_rseq_align));
+    println!("  extended fields:           node_id {}, mm_cid {}", yes(k.node_id), yes(k.mm_cid));
     println!("membarrier");
-    println!("  MEMBARRIER_CMD_QUERY:      {}", s(&["membarrier", "query_mask"]));
-    println!("  commands:                  {}", s(&["membarrier", "commands"]));
-    println!("  PRIVATE_EXPEDITED_RSEQ:    {} (rseqrt's barrier uses it to reach running threads fast)", s(&["membarrier", "private_expedited_rseq"]));
-    println!("C library: glibc {}", s(&["libc", "version"]));
-    println!("  rseq ABI (__rseq_*):       {}", s(&["libc", "rseq_abi"]));
+    println!("  MEMBARRIER_CMD_QUERY:      {}", show(&m.query_mask));
+    println!("  commands:                  {}", m.commands.join(" "));
+    println!("  PRIVATE_EXPEDITED_RSEQ:    {} (rseqrt's barrier uses it to reach running threads fast)", yes(m.private_expedited_rseq));
+    println!("C library: glibc {}", l.version);
+    println!("  rseq ABI (__rseq_*):       {}", yes(l.rseq_abi));
     println!("  registers rseq itself:     {} (glibc's __rseq_size {}, __rseq_offset {})",
-             s(&["libc", "registers_rseq"]), s(&["libc", "rseq_size"]), s(&["libc", "rseq_offset"]));
-    if let Some(on) = tunable_rseq() {
-        println!("  GLIBC_TUNABLES:            glibc.pthread.rseq={}", if on { 1 } else { 0 });
+             yes(l.registers_rseq), show(&l.rseq_size), show(&l.rseq_offset));
+    if let Some(on) = l.tunable_glibc_pthread_rseq {
+        println!("  GLIBC_TUNABLES:            glibc.pthread.rseq={on}");
     }
     println!("rseqrt (this process)");
-    println!("  owner mode:                {} ({})", s(&["rseqrt", "owner"]), s(&["rseqrt", "owner_meaning"]));
-    let registers = matches!(get(&j, &["libc", "registers_rseq"]), Json::Bool(true));
-    let would = if registers {
+    println!("  owner mode:                {} ({})", r.owner, r.owner_meaning);
+    let would = if l.registers_rseq {
         "libc (glibc registers; rseqrt adopts). With GLIBC_TUNABLES=glibc.pthread.rseq=0: self"
     } else if rseqrt::owner() == Owner::None {
         "none"
     } else {
         "self (glibc does not register rseq here)"
     };
-    let registers_note = would;
-    println!("  a program started like this gets: {registers_note}");
-    println!("  registered area length:    {} bytes", s(&["rseqrt", "area_length"]));
-    println!("  area offset from the thread pointer: {}", s(&["rseqrt", "rseq_offset"]));
-    println!("  current cpu / node / mm_cid: {} / {} / {}", s(&["rseqrt", "current_cpu"]), s(&["rseqrt", "current_node"]), s(&["rseqrt", "current_mm_cid"]));
-    println!("  reserved signal:           {} ({}; set RSEQRT_SIGNAL to choose another)",
-             s(&["rseqrt", "reserved_signal"]), s(&["rseqrt", "reserved_signal_name"]));
+    println!("  a program started like this gets: {would}");
+    println!("  registered area length:    {} bytes", r.area_length);
+    println!("  area offset from the thread pointer: {}", show(&r.rseq_offset));
+    println!("  current cpu / node / mm_cid: {} / {} / {}", show(&r.current_cpu), show(&r.current_node), show(&r.current_mm_cid));
+    println!("  reserved signal:           {} ({}; set RSEQRT_SIGNAL to choose another)", r.reserved_signal, r.reserved_signal_name);
     0
 }

@@ -8,7 +8,7 @@
 //! wakes, the kernel reads its stale `rseq_cs`: if the memory is gone, it kills the process with
 //! SIGSEGV. The child exits 0 if it survives.
 
-use crate::json::Json;
+use serde::Serialize;
 use std::ffi::{c_int, c_ulong, c_void, CString};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,9 @@ const EXIT_NOT_REGISTERED: i32 = 3;
 const EXIT_FREE_FAILED: i32 = 4;
 const EXIT_NOT_UNLOADED: i32 = 6;
 const EXIT_NOT_STALE: i32 = 9;
+
+/// The first argument of this program re-executed as a selftest child (see the module doc).
+pub const CHILD_FLAG: &str = "--child";
 
 const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -98,12 +101,12 @@ type CsFn = unsafe extern "C" fn() -> c_ulong;
 /// Runs one scenario in this (child) process; never returns.
 pub fn child(args: &[String]) -> ! {
     let [scenario, method, dir] = args else { die(EXIT_USAGE, "usage: --child SCENARIO plain|rseqrt DIR") };
+    let (scenario, dir) = (scenario.as_str(), Path::new(dir));
     let protect = match method.as_str() {
         "plain" => false,
         "rseqrt" => true,
         _ => die(EXIT_USAGE, "method must be plain or rseqrt"),
     };
-    let dir = Path::new(dir);
     // No core file for the expected crash.
     let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: plain system call with a valid struct.
@@ -114,7 +117,7 @@ pub fn child(args: &[String]) -> ! {
     let run: Box<dyn Fn(*mut i64) -> c_int + Send + Sync>;
     let current_cs: CsFn;
     let mut page: *mut c_void = std::ptr::null_mut();
-    match scenario.as_str() {
+    match scenario {
         "dlclose" | "munmap" => {
             lib_path = dir.join("libselftest_plugin.so");
             handle = dlopen(&lib_path, flags);
@@ -265,7 +268,7 @@ impl Outcome {
 
 fn run_child(exe: &Path, scenario: &str, method: &str, dir: &Path) -> Outcome {
     let child = Command::new(exe)
-        .args(["--child", scenario, method])
+        .args([CHILD_FLAG, scenario, method])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -306,11 +309,37 @@ fn run_child(exe: &Path, scenario: &str, method: &str, dir: &Path) -> Outcome {
     }
 }
 
-pub fn run(args: &[String]) -> i32 {
-    let as_json = match crate::json_flag("selftest", crate::HELP_SELFTEST, args) {
-        Ok(j) => j,
-        Err(code) => return code,
-    };
+/// What `rseqrt selftest --json` prints.
+#[derive(Serialize)]
+struct Report {
+    owner: &'static str,
+    protected: bool,
+    scenarios: Vec<ScenarioResult>,
+}
+
+#[derive(Serialize)]
+struct ScenarioResult {
+    name: &'static str,
+    description: &'static str,
+    without_rseqrt: Run,
+    with_rseqrt: Run,
+    reproduced: bool,
+    protected: bool,
+    verdict: String,
+}
+
+/// One child's outcome: `crashed` for the run without rseqrt, `survived` for the run with it.
+#[derive(Serialize)]
+struct Run {
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crashed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    survived: Option<bool>,
+    words: String,
+}
+
+pub fn run(as_json: bool) -> i32 {
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -359,21 +388,19 @@ pub fn run(args: &[String]) -> i32 {
             println!("  with rseqrt:    {}", with.words());
             println!("  {verdict}\n");
         }
-        results.push(Json::obj()
-            .with("name", s.name)
-            .with("description", s.what)
-            .with("without_rseqrt", Json::obj().with("outcome", without.code()).with("crashed", reproduced).with("words", without.words()))
-            .with("with_rseqrt", Json::obj().with("outcome", with.code()).with("survived", protected).with("words", with.words()))
-            .with("reproduced", reproduced)
-            .with("protected", protected)
-            .with("verdict", verdict));
+        results.push(ScenarioResult {
+            name: s.name,
+            description: s.what,
+            without_rseqrt: Run { outcome: without.code(), crashed: Some(reproduced), survived: None, words: without.words() },
+            with_rseqrt: Run { outcome: with.code(), crashed: None, survived: Some(protected), words: with.words() },
+            reproduced,
+            protected,
+            verdict,
+        });
     }
     if as_json {
-        let j = Json::obj()
-            .with("owner", crate::info::owner_name(owner))
-            .with("protected", all_protected)
-            .with("scenarios", Json::Arr(results));
-        print!("{}", j.pretty());
+        let report = Report { owner: crate::info::owner_name(owner), protected: all_protected, scenarios: results };
+        crate::print_json(&report);
     } else if all_protected {
         println!("Result: rseqrt protected the process in every scenario.");
     } else {

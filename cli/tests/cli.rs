@@ -1,151 +1,67 @@
 //! The `rseqrt` command: `info --json` parses and has the expected keys, `selftest --json`
 //! shows the crash without rseqrt and survival with it in every scenario, `bench --quick` writes
-//! its result files (into a temporary directory, never docs/), and `--help` works everywhere.
+//! its result files (into a temporary directory, never docs/), `bench --replot` draws the plot
+//! from a results.json with readable log axes, `--help` and `--version` work everywhere, and
+//! `completions` prints scripts that know the subcommands.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const EXE: &str = env!("CARGO_BIN_EXE_rseqrt");
 
-/// Just enough JSON to check the command's output.
-#[derive(Debug, Clone, PartialEq)]
-enum J {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<J>),
-    Obj(BTreeMap<String, J>),
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-impl J {
-    fn get(&self, key: &str) -> &J {
-        match self {
-            J::Obj(m) => m.get(key).unwrap_or_else(|| panic!("missing key {key:?} in {self:?}")),
-            _ => panic!("not an object when looking up {key:?}: {self:?}"),
-        }
-    }
-}
-
-struct P<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl P<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-    fn eat(&mut self, c: u8) {
-        self.ws();
-        assert_eq!(self.s.get(self.i), Some(&c), "expected {:?} at {}", c as char, self.i);
-        self.i += 1;
-    }
-    /// The items of an array or object, from its opening bracket to `close`, each read by `item`
-    /// (which starts at the item and leaves the separator to this).
-    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self)) {
-        self.i += 1;
-        self.ws();
-        if self.s[self.i] == close {
-            self.i += 1;
-            return;
-        }
-        loop {
-            item(self);
-            self.ws();
-            if self.s[self.i] == b',' {
-                self.i += 1;
-            } else {
-                self.eat(close);
-                return;
-            }
-        }
-    }
-    fn literal(&mut self, word: &str, v: J) -> J {
-        self.i += word.len();
-        v
-    }
-    fn value(&mut self) -> J {
-        self.ws();
-        match self.s[self.i] {
-            b'{' => {
-                let mut m = BTreeMap::new();
-                self.items(b'}', |p| {
-                    let J::Str(k) = p.value() else { panic!("object key must be a string") };
-                    p.eat(b':');
-                    let v = p.value();
-                    m.insert(k, v);
-                });
-                J::Obj(m)
-            }
-            b'[' => {
-                let mut v = Vec::new();
-                self.items(b']', |p| v.push(p.value()));
-                J::Arr(v)
-            }
-            b'"' => {
-                self.i += 1;
-                let mut out = String::new();
-                loop {
-                    let c = self.s[self.i];
-                    self.i += 1;
-                    match c {
-                        b'"' => return J::Str(out),
-                        b'\\' => {
-                            let e = self.s[self.i];
-                            self.i += 1;
-                            match e {
-                                b'n' => out.push('\n'),
-                                b't' => out.push('\t'),
-                                b'u' => {
-                                    let h = std::str::from_utf8(&self.s[self.i..self.i + 4]).unwrap();
-                                    out.push(char::from_u32(u32::from_str_radix(h, 16).unwrap()).unwrap());
-                                    self.i += 4;
-                                }
-                                c => out.push(c as char),
-                            }
-                        }
-                        _ => {
-                            // multi-byte UTF-8: copy the raw bytes of this character
-                            let start = self.i - 1;
-                            let mut end = self.i;
-                            while end < self.s.len() && (self.s[end] & 0xC0) == 0x80 {
-                                end += 1;
-                            }
-                            out.push_str(std::str::from_utf8(&self.s[start..end]).unwrap());
-                            self.i = end;
-                        }
-                    }
-                }
-            }
-            b't' => self.literal("true", J::Bool(true)),
-            b'f' => self.literal("false", J::Bool(false)),
-            b'n' => self.literal("null", J::Null),
-            _ => {
-                let start = self.i;
-                while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
-                    self.i += 1;
-                }
-                J::Num(std::str::from_utf8(&self.s[start..self.i]).unwrap().parse().expect("number"))
-            }
-        }
-    }
-}
-
-fn parse(text: &str) -> J {
-    let mut p = P { s: text.as_bytes(), i: 0 };
-    let v = p.value();
-    p.ws();
-    assert_eq!(p.i, text.len(), "trailing text after the JSON value");
-    v
+/// `j[key]`, failing the test when the key is missing.
+fn get<'a>(j: &'a Value, key: &str) -> &'a Value {
+    j.get(key).unwrap_or_else(|| panic!("missing key {key:?} in {j}"))
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(EXE).args(args).env_remove("GLIBC_TUNABLES").output().expect("run rseqrt");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A private temporary directory for one test, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("rseqrt-cli-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The text of every `<text>` element of an SVG document, in order.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text").skip(1).map(|t| t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()].trim().to_string()).collect()
+}
+
+/// Checks what a person reads on barrier-latency.svg: a complete SVG document with its lines, the
+/// title, both axis titles, and log axes labelled with every given decade and with no "0" tick.
+fn check_plot(svg: &str, decades: &[&str]) {
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "not an SVG document: {svg}");
+    assert!(svg.contains("<polyline"), "no line drawn: {svg}");
+    let texts = svg_texts(svg);
+    for want in ["Barrier latency vs thread count (idle threads)", "threads in the process", "latency (microseconds, log scale)", "rseqrt, none stale"]
+        .iter()
+        .chain(decades)
+    {
+        assert!(texts.iter().any(|t| t == want), "no label {want:?} in {texts:?}");
+    }
+    for t in &texts {
+        assert!(t.parse::<f64>().map_or(true, |v| v > 0.0), "a log axis labelled {t:?}: {texts:?}");
+    }
 }
 
 #[test]
@@ -161,15 +77,16 @@ fn info_json_has_the_expected_keys() {
     ];
     for (section, keys) in expected {
         for k in keys {
-            j.get(section).get(k);
+            get(get(&j, section), k);
         }
     }
-    assert!(matches!(j.get("rseqrt").get("owner"), J::Str(s) if ["none", "libc", "self"].contains(&s.as_str())));
+    let owner = &j["rseqrt"]["owner"];
+    assert!(["none", "libc", "self"].iter().any(|o| owner == o), "owner {owner}");
     // On glibc 2.35+ with rseq, glibc registers and rseqrt adopts.
-    if j.get("kernel").get("rseq") == &J::Bool(true) && j.get("libc").get("registers_rseq") == &J::Bool(true) {
-        assert_eq!(j.get("rseqrt").get("owner"), &J::Str("libc".into()));
+    if j["kernel"]["rseq"] == true && j["libc"]["registers_rseq"] == true {
+        assert_eq!(owner, "libc");
     }
-    println!("info --json: owner {:?}, glibc registers {:?}", j.get("rseqrt").get("owner"), j.get("libc").get("registers_rseq"));
+    println!("info --json: owner {owner}, glibc registers {}", j["libc"]["registers_rseq"]);
 }
 
 #[test]
@@ -177,10 +94,10 @@ fn info_sees_the_tunable() {
     let out = Command::new(EXE).args(["info", "--json"]).env("GLIBC_TUNABLES", "glibc.pthread.rseq=0").output().unwrap();
     assert!(out.status.success());
     let j = parse(&String::from_utf8_lossy(&out.stdout));
-    assert_eq!(j.get("libc").get("registers_rseq"), &J::Bool(false));
-    assert_eq!(j.get("libc").get("tunable_glibc_pthread_rseq"), &J::Num(0.0));
-    if j.get("kernel").get("rseq") == &J::Bool(true) {
-        assert_eq!(j.get("rseqrt").get("owner"), &J::Str("self".into()));
+    assert_eq!(j["libc"]["registers_rseq"], false);
+    assert_eq!(j["libc"]["tunable_glibc_pthread_rseq"], 0);
+    if j["kernel"]["rseq"] == true {
+        assert_eq!(j["rseqrt"]["owner"], "self");
     }
 }
 
@@ -188,15 +105,16 @@ fn info_sees_the_tunable() {
 fn selftest_crashes_without_and_survives_with() {
     let (code, out, err) = run(&["selftest", "--json"]);
     let j = parse(&out);
-    let J::Arr(scenarios) = j.get("scenarios") else { panic!("scenarios is not an array") };
-    let names: Vec<_> = scenarios.iter().map(|s| s.get("name").clone()).collect();
-    assert_eq!(names, ["dlclose", "dlclose-dep", "munmap"].map(|n| J::Str(n.into())));
+    let scenarios = get(&j, "scenarios").as_array().expect("scenarios is an array");
+    let names: Vec<&Value> = scenarios.iter().map(|s| get(s, "name")).collect();
+    assert_eq!(names, [&json!("dlclose"), &json!("dlclose-dep"), &json!("munmap")]);
     for s in scenarios {
-        println!("{:?}: without {:?}, with {:?}", s.get("name"), s.get("without_rseqrt").get("outcome"), s.get("with_rseqrt").get("outcome"));
-        assert_eq!(s.get("without_rseqrt").get("crashed"), &J::Bool(true), "scenario {:?} was not reproduced: {s:?}", s.get("name"));
-        assert_eq!(s.get("with_rseqrt").get("survived"), &J::Bool(true), "rseqrt did not protect {:?}: {s:?}", s.get("name"));
+        let (without, with) = (get(s, "without_rseqrt"), get(s, "with_rseqrt"));
+        println!("{}: without {}, with {}", s["name"], without["outcome"], with["outcome"]);
+        assert_eq!(get(without, "crashed"), true, "scenario {} was not reproduced: {s}", s["name"]);
+        assert_eq!(get(with, "survived"), true, "rseqrt did not protect {}: {s}", s["name"]);
     }
-    assert_eq!(j.get("protected"), &J::Bool(true));
+    assert_eq!(get(&j, "protected"), true);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -210,13 +128,120 @@ fn selftest_words_for_people() {
 
 #[test]
 fn help_on_every_command() {
-    for args in [&["--help"][..], &["info", "--help"], &["selftest", "--help"], &["bench", "--help"]] {
-        let (code, out, _) = run(args);
-        assert_eq!(code, 0, "{args:?}");
+    for args in [&["--help"][..], &["-h"], &["help"], &["help", "bench"], &["info", "--help"], &["selftest", "--help"], &["bench", "--help"],
+                 &["completions", "--help"]] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
         assert!(out.contains("Usage: rseqrt"), "{args:?}: {out}");
     }
-    let (code, _, _) = run(&["no-such-command"]);
-    assert_eq!(code, 2);
+    let (_, out, _) = run(&["--help"]);
+    for command in ["info", "selftest", "bench", "completions"] {
+        assert!(out.lines().any(|l| l.trim_start().starts_with(command)), "--help does not list {command}: {out}");
+    }
+    let (_, out, _) = run(&["bench", "--help"]);
+    for option in ["--quick", "--out <DIR>", "--lib-dir <DIR>", "--replot <RESULTS_JSON>"] {
+        assert!(out.contains(option), "bench --help does not list {option}: {out}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [&[][..], &["no-such-command"], &["info", "--no-such-option"], &["bench", "--out"], &["completions", "no-such-shell"],
+                 &["bench", "--quick", "--replot", "results.json"]] {
+        let (code, out, err) = run(args);
+        assert_eq!(code, 2, "{args:?}: {out} {err}");
+        assert!(err.contains("Usage: rseqrt") || err.starts_with("error: ") && err.contains("--help"), "{args:?}: no error or usage on stderr: {err}");
+        assert!(out.is_empty(), "{args:?}: a usage error printed on stdout: {out}");
+    }
+}
+
+#[test]
+fn version() {
+    for flag in ["--version", "-V"] {
+        let (code, out, err) = run(&[flag]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out.trim(), format!("rseqrt {}", env!("CARGO_PKG_VERSION")));
+    }
+}
+
+#[test]
+fn completions_know_the_commands() {
+    let checks: [(&str, &str); 3] = [("bash", "complete -F _rseqrt"), ("zsh", "#compdef rseqrt"), ("fish", "complete -c rseqrt")];
+    for (shell, marker) in checks {
+        let (code, out, err) = run(&["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: no {marker:?} in {out}");
+        for word in ["info", "selftest", "bench", "completions", "json", "quick", "replot", "lib-dir"] {
+            assert!(out.contains(word), "{shell} completion does not mention {word}");
+        }
+        // The selftest's internal re-execution is not a command to offer.
+        assert!(!out.contains("--child"), "{shell} completion offers the internal --child");
+    }
+    // The bash script is valid bash and completes `rseqrt s` to the subcommand.
+    let (_, script, _) = run(&["completions", "bash"]);
+    let probe = format!("{script}\nCOMP_WORDS=(rseqrt se); COMP_CWORD=1; _rseqrt rseqrt se rseqrt; echo \"${{COMPREPLY[@]}}\"");
+    let out = Command::new("bash").args(["--norc", "-c", &probe]).output().expect("run bash");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "selftest");
+}
+
+/// A small results.json: the barrier at 1, 10 and 100 threads, from 50 ns to 5 ms.
+fn small_results() -> Value {
+    let at = |ns: f64| json!({ "median_ns": ns, "per_rep_ns": [ns] });
+    json!({
+        "generated_by": "a test",
+        "barrier": {
+            "1": { "rseqrt_idle": at(50.0), "rseqrt_stale": at(20_000.0), "naive": at(10_000.0), "glibc": at(25_000.0), "membarrier": at(500.0) },
+            "10": { "rseqrt_idle": at(60.0), "rseqrt_stale": at(90_000.0), "naive": at(60_000.0), "glibc": at(100_000.0), "membarrier": at(500.0) },
+            "100": { "rseqrt_idle": at(200.0), "rseqrt_stale": at(900_000.0), "naive": at(600_000.0), "glibc": at(5_000_000.0), "membarrier": at(550.0) }
+        }
+    })
+}
+
+#[test]
+fn replot_draws_the_plot_from_results_json() {
+    let dir = Scratch::new("replot");
+    let results = dir.0.join("results.json");
+    std::fs::write(&results, serde_json::to_string_pretty(&small_results()).unwrap()).unwrap();
+    // The SVG goes beside the results file unless --out says otherwise.
+    let (code, out, err) = run(&["bench", "--replot", results.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let svg = std::fs::read_to_string(dir.0.join("barrier-latency.svg")).unwrap();
+    // y: 0.05 us .. 5,000 us, so the decades 0.01 .. 10,000; x: 1 .. 100 threads.
+    check_plot(&svg, &["0.01", "0.1", "1", "10", "100", "1,000", "10,000"]);
+    let texts = svg_texts(&svg);
+    assert!(!texts.iter().any(|t| t == "100,000" || t == "1,000,000" || t == "0.001"), "axes wider than the data: {texts:?}");
+
+    let other = dir.0.join("elsewhere");
+    let (code, out, err) = run(&["bench", "--replot", results.to_str().unwrap(), "--out", other.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(std::fs::read_to_string(other.join("barrier-latency.svg")).unwrap(), svg);
+}
+
+#[test]
+fn replot_of_the_committed_results() {
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/bench/results.json");
+    let dir = Scratch::new("replot-docs");
+    let (code, out, err) = run(&["bench", "--replot", results.to_str().unwrap(), "--out", dir.0.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    check_plot(&std::fs::read_to_string(dir.0.join("barrier-latency.svg")).unwrap(), &["1", "10", "100", "1,000"]);
+}
+
+#[test]
+fn replot_of_a_bad_file_fails_clearly() {
+    let dir = Scratch::new("replot-bad");
+    let missing = dir.0.join("missing.json");
+    let (code, _, err) = run(&["bench", "--replot", missing.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.json") && err.contains("No such file"), "{err}");
+    let bad = dir.0.join("results.json");
+    for (text, says) in [("{ not json", "key must be a string"), ("{\"quick\": true}", "\"barrier\" is not an object")] {
+        std::fs::write(&bad, text).unwrap();
+        let (code, _, err) = run(&["bench", "--replot", bad.to_str().unwrap()]);
+        assert_eq!(code, 1, "{text}");
+        assert!(err.contains(says), "{text}: {err}");
+        assert!(!dir.0.join("barrier-latency.svg").exists(), "{text}: a plot was written");
+    }
 }
 
 #[test]
@@ -225,24 +250,29 @@ fn bench_quick_writes_the_result_files() {
     if !lib_dir.join("librseqrt.so").exists() {
         panic!("{} has no librseqrt.so: run `make` first (make check does)", lib_dir.display());
     }
-    let out_dir = std::env::temp_dir().join(format!("rseqrt-cli-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out_dir);
+    let out_dir = Scratch::new("bench");
     let start = std::time::Instant::now();
-    let (code, out, err) = run(&["bench", "--quick", "--out", out_dir.to_str().unwrap(), "--lib-dir", lib_dir.to_str().unwrap()]);
+    let (code, out, err) = run(&["bench", "--quick", "--out", out_dir.0.to_str().unwrap(), "--lib-dir", lib_dir.to_str().unwrap()]);
     println!("bench --quick took {:.1} s", start.elapsed().as_secs_f64());
     assert_eq!(code, 0, "{out}\n{err}");
-    let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
+    let md = std::fs::read_to_string(out_dir.0.join("results.md")).unwrap();
     assert!(md.contains("| target | ratio | limit | result |"), "{md}");
-    let j = parse(&std::fs::read_to_string(out_dir.join("results.json")).unwrap());
+    let j = parse(&std::fs::read_to_string(out_dir.0.join("results.json")).unwrap());
     for k in ["targets", "dlclose", "barrier", "munmap", "munmap_preload", "thread_start", "current_cpu"] {
-        j.get(k);
+        get(&j, k);
     }
-    let J::Arr(targets) = j.get("targets") else { panic!("targets") };
-    for t in targets {
+    for t in get(&j, "targets").as_array().expect("targets is an array") {
         // A benchmark reports; it never fails the tests. Print what it found.
-        println!("target {:?}: ratio {:?}, met {:?}", t.get("target"), t.get("ratio"), t.get("met"));
+        println!("target {}: ratio {}, met {}", get(t, "target"), get(t, "ratio"), get(t, "met"));
     }
-    let svg = std::fs::read_to_string(out_dir.join("barrier-latency.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.trim_end().ends_with("</svg>"));
-    let _ = std::fs::remove_dir_all(&out_dir);
+    for threads in get(&j, "barrier").as_object().expect("barrier is an object").values() {
+        assert!(get(get(threads, "rseqrt_idle"), "median_ns").as_f64().is_some_and(|ns| ns > 0.0), "{threads}");
+    }
+    // The plot is drawn from what results.json holds: replotting it gives the same SVG.
+    let svg = std::fs::read_to_string(out_dir.0.join("barrier-latency.svg")).unwrap();
+    check_plot(&svg, &["1", "10", "100"]);
+    let again = out_dir.0.join("again");
+    let (code, _, err) = run(&["bench", "--replot", out_dir.0.join("results.json").to_str().unwrap(), "--out", again.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(again.join("barrier-latency.svg")).unwrap(), svg);
 }
