@@ -332,7 +332,10 @@ fn bench(o: &Opts) -> Result<(), String> {
     let mut th = Samples::default();
     for _ in 0..reps {
         for (name, prog, off) in variants {
-            let env: Vec<(&str, String)> = if off { vec![("GLIBC_TUNABLES", TUNABLE_OFF.into())] } else { vec![] };
+            // rseqrt registers in glibc's place only when asked (RSEQRT_REGISTER=1); plain glibc
+            // ignores the variable.
+            let env: Vec<(&str, String)> =
+                if off { vec![("GLIBC_TUNABLES", TUNABLE_OFF.into()), ("RSEQRT_REGISTER", "1".into())] } else { vec![] };
             let s = run_prog(prog, &a(&["threads", "1", iters]), &env)?;
             th.merge(s, &format!("{name}."));
         }
@@ -342,7 +345,7 @@ fn bench(o: &Opts) -> Result<(), String> {
     log("current cpu");
     let (reps, iters) = if q { ("5", "15") } else { ("9", "40") };
     let cpu = run_prog(&p.linked, &a(&["cpu", reps, iters]), &[])?;
-    let cpu_self = run_prog(&p.linked, &a(&["cpu", reps, iters]), &[("GLIBC_TUNABLES", TUNABLE_OFF.into())])?;
+    let cpu_self = run_prog(&p.linked, &a(&["cpu", reps, iters]), &[("GLIBC_TUNABLES", TUNABLE_OFF.into()), ("RSEQRT_REGISTER", "1".into())])?;
     log("writing results");
 
     // ---- targets -------------------------------------------------------------------------
@@ -430,7 +433,7 @@ fn bench(o: &Opts) -> Result<(), String> {
     }
 
     md.push_str("\n## Thread start: pthread_create() + pthread_join()\n\nEach variant is a separate process, pinned to one CPU (the same for all: the first it may use) so that creator and thread share it: unpinned, where the scheduler puts the new thread decides the time, and single runs varied from 0.7x to 1.7x here. The processes alternate, and the ratio pairs each repetition's runs.\n\n| variant | median | ratio to glibc alone |\n| --- | --- | --- |\n");
-    for (name, words) in [("glibc", "glibc alone, glibc registers rseq (baseline)"), ("rseqrt_self", "linked with rseqrt, GLIBC_TUNABLES=glibc.pthread.rseq=0: rseqrt registers"),
+    for (name, words) in [("glibc", "glibc alone, glibc registers rseq (baseline)"), ("rseqrt_self", "linked with rseqrt, GLIBC_TUNABLES=glibc.pthread.rseq=0 RSEQRT_REGISTER=1: rseqrt registers"),
                           ("rseqrt_libc", "linked with rseqrt, glibc registers, rseqrt adopts"), ("glibc_norseq", "glibc alone, glibc.pthread.rseq=0: no rseq at all")] {
         md.push_str(&format!("| {words} | {} | {} |\n", us(th.median(&format!("{name}.create_join"))), ratio_s(th.ratio(&format!("{name}.create_join"), "glibc.create_join"))));
     }

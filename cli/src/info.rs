@@ -162,6 +162,8 @@ pub struct Rseqrt {
     pub owner: &'static str,
     pub owner_code: i32,
     pub owner_meaning: &'static str,
+    /// Why the owner is what it is (`rseqrt_owner_reason()`).
+    pub owner_reason: &'static str,
     pub area_length: u32,
     pub rseq_offset: Option<i64>,
     pub current_cpu: Option<u32>,
@@ -213,6 +215,7 @@ pub fn collect() -> Info {
         owner: owner_name(owner),
         owner_code: owner as i32,
         owner_meaning: owner_words(owner),
+        owner_reason: rseqrt::owner_reason(),
         area_length: rseqrt::area_length(),
         rseq_offset: rseqrt::area().map(|_| rseqrt::area_offset() as i64),
         current_cpu: rseqrt::current_cpu().ok(),
@@ -258,8 +261,10 @@ pub fn run(as_json: bool) -> i32 {
     }
     println!("rseqrt (this process)");
     println!("  owner mode:                {} ({})", r.owner, r.owner_meaning);
+    println!("  why:                       {}", r.owner_reason);
     let would = if l.registers_rseq {
-        "libc (glibc registers; rseqrt adopts). With GLIBC_TUNABLES=glibc.pthread.rseq=0: self"
+        "libc (glibc registers; rseqrt adopts). With GLIBC_TUNABLES=glibc.pthread.rseq=0: none \
+         (registration left to the program), and with RSEQRT_REGISTER=1 as well: self"
     } else if rseqrt::owner() == Owner::None {
         "none"
     } else {

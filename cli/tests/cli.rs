@@ -89,15 +89,28 @@ fn info_json_has_the_expected_keys() {
     println!("info --json: owner {owner}, glibc registers {}", j["libc"]["registers_rseq"]);
 }
 
+/// glibc's opt-out leaves registration to the program: rseqrt registers nothing and says why;
+/// with RSEQRT_REGISTER=1 it registers in glibc's place.
 #[test]
 fn info_sees_the_tunable() {
-    let out = Command::new(EXE).args(["info", "--json"]).env("GLIBC_TUNABLES", "glibc.pthread.rseq=0").output().unwrap();
-    assert!(out.status.success());
-    let j = parse(&String::from_utf8_lossy(&out.stdout));
+    let info = |register: Option<&str>| {
+        let mut cmd = Command::new(EXE);
+        cmd.args(["info", "--json"]).env("GLIBC_TUNABLES", "glibc.pthread.rseq=0").env_remove("RSEQRT_REGISTER");
+        if let Some(v) = register {
+            cmd.env("RSEQRT_REGISTER", v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        parse(&String::from_utf8_lossy(&out.stdout))
+    };
+    let j = info(None);
     assert_eq!(j["libc"]["registers_rseq"], false);
     assert_eq!(j["libc"]["tunable_glibc_pthread_rseq"], 0);
     if j["kernel"]["rseq"] == true {
-        assert_eq!(j["rseqrt"]["owner"], "self");
+        assert_eq!(j["rseqrt"]["owner"], "none");
+        let why = j["rseqrt"]["owner_reason"].as_str().unwrap_or("");
+        assert!(why.contains("glibc.pthread.rseq=0"), "owner_reason {why:?}");
+        assert_eq!(info(Some("1"))["rseqrt"]["owner"], "self");
     }
 }
 
