@@ -43,6 +43,7 @@ pub extern "C" fn resolve() -> extern "C" fn() {
         Owner::Libc => size.max(ORIGINAL_AREA_LENGTH),
         _ => self_area_length(kernel),
     };
+    crate::rtsig::find_glibc(ldso::next_definition);
     state::publish(state::Config {
         owner,
         offset,
