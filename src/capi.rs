@@ -116,7 +116,9 @@ pub extern "C" fn rseqrt_current_mm_cid() -> c_int {
     crate::current_mm_cid().map_or_else(|e| cvt(Err(e)), |cid| cid as c_int)
 }
 
-/// The real-time signal rseqrt reserves for its barrier (set with `RSEQRT_SIGNAL`), or 0.
+/// The real-time signal rseqrt reserves for its barrier (set with `RSEQRT_SIGNAL`), or 0. When it
+/// is the highest (the default) or the lowest of glibc's range, `SIGRTMAX` (or `SIGRTMIN`) leaves
+/// it out, as glibc leaves out its own.
 ///
 /// Spec: <https://man7.org/linux/man-pages/man7/signal.7.html>
 #[no_mangle]

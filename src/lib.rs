@@ -30,6 +30,7 @@ mod unmap;
 mod real;
 mod registration;
 mod registry;
+mod rtsig;
 mod signal;
 mod state;
 mod thread;
@@ -182,6 +183,8 @@ pub fn unregister_current_thread() -> Result<(), Errno> {
 }
 
 /// The reserved real-time signal the barrier uses (`RSEQRT_SIGNAL`), or 0 if none could be set up.
+/// When it is the highest (the default) or the lowest of glibc's range, glibc's `SIGRTMAX` (or
+/// `SIGRTMIN`) leaves it out.
 ///
 /// Spec: <https://man7.org/linux/man-pages/man7/signal.7.html>
 pub fn reserved_signal() -> i32 {

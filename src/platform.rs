@@ -89,6 +89,16 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize) -> SysResult<usize> {
     unsafe { sys!(libc::SYS_read, fd, buf, len) }
 }
 
+/// The handler address of signal `sig` (`SIG_DFL` is 0, `SIG_IGN` 1), as the kernel holds it:
+/// an `rt_sigaction(2)` query, which changes nothing.
+pub fn signal_handler(sig: i32) -> SysResult<usize> {
+    // The kernel's `struct sigaction` on x86-64: handler, flags, restorer, mask (8 bytes).
+    let mut old = [0usize; 4];
+    // SAFETY: no new action; `old` is a live local as large as the kernel's structure.
+    unsafe { sys!(libc::SYS_rt_sigaction, sig, 0usize, old.as_mut_ptr(), 8usize) }?;
+    Ok(old[0])
+}
+
 /// `close(2)`.
 pub fn close(fd: i32) {
     // SAFETY: closing a descriptor this module opened; the result carries no information we use.

@@ -3,7 +3,7 @@
 //! deliverable: masks the program sets (`pthread_sigmask`, `sigprocmask`, and the temporary ones
 //! of `sigsuspend`, `ppoll`, `pselect`, `epoll_pwait[2]`, `pthread_attr_setsigmask_np`) never
 //! block it, the sets it waits for (`sigwait*`) never include it, and `sigaction`/`signal` refuse
-//! to change it.
+//! to change it. Which signal it is, and how `SIGRTMIN`..`SIGRTMAX` leave it out, is `rtsig`'s.
 //!
 //! Delivering the signal is what makes the thread's own kernel process its `rseq_cs` (abort a
 //! running critical section, then clear the field) before the handler runs. The handler only
@@ -67,26 +67,11 @@ fn next_sigaction() -> Option<SigactionFn> {
     (real::SIGACTION.get() != 0).then(|| unsafe { core::mem::transmute::<usize, SigactionFn>(real::SIGACTION.get()) })
 }
 
-/// Picks the reserved signal and installs its handler (constructor time). `RSEQRT_SIGNAL=N`
-/// chooses it; otherwise the highest real-time signal that nobody handles yet.
+/// Installs the reserved signal's handler (constructor time). The signal is chosen (or was, by
+/// an earlier read of `SIGRTMAX`) in `rtsig`, which also takes it out of glibc's range.
 pub fn init() {
     let Some(sigaction) = next_sigaction() else { return };
-    let (lo, hi) = (libc::SIGRTMIN(), libc::SIGRTMAX());
-    let is_free = |sig: c_int| {
-        // SAFETY: querying a disposition into a zeroed local.
-        let (rc, old) = unsafe {
-            let mut old: libc::sigaction = core::mem::zeroed();
-            (sigaction(sig, core::ptr::null(), &mut old), old)
-        };
-        rc == 0 && old.sa_sigaction == libc::SIG_DFL
-    };
-    let chosen = match crate::config::env_number(b"RSEQRT_SIGNAL\0") {
-        Some(n) if (lo as u64..=hi as u64).contains(&n) => n as c_int,
-        _ => match (lo..=hi).rev().find(|&s| is_free(s)) {
-            Some(s) => s,
-            None => return,
-        },
-    };
+    let Some(chosen) = crate::rtsig::chosen() else { return };
     // SAFETY: a zeroed sigaction with our handler, SA_RESTART and an empty mask is valid.
     let ok = unsafe {
         let mut act: libc::sigaction = core::mem::zeroed();
@@ -161,10 +146,12 @@ pub unsafe extern "C" fn rseqrt_interpose_sigprocmask(how: c_int, set: *const si
 }
 
 /// `sigaction(2)` that refuses to change the reserved signal (EINVAL, as glibc answers for its
-/// internal signals); queries pass through. Async-signal-safe.
+/// internal signals), from the moment it is chosen (before rseqrt's constructor installs its
+/// handler, when a library initialized earlier read `SIGRTMAX`); queries pass through.
+/// Async-signal-safe.
 #[no_mangle]
 pub unsafe extern "C" fn rseqrt_interpose_sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
-    if sig == reserved() && sig != 0 && !act.is_null() {
+    if sig == crate::rtsig::taken() && sig != 0 && !act.is_null() {
         // SAFETY: errno is thread-local.
         unsafe { *libc::__errno_location() = libc::EINVAL };
         return -1;
@@ -180,7 +167,7 @@ pub unsafe extern "C" fn rseqrt_interpose_sigaction(sig: c_int, act: *const libc
 /// for its internal signals; glibc's own `signal()` would bypass rseqrt's `sigaction()`.
 #[no_mangle]
 pub unsafe extern "C" fn rseqrt_interpose_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
-    if sig == reserved() && sig != 0 {
+    if sig == crate::rtsig::taken() && sig != 0 {
         // SAFETY: errno is thread-local.
         unsafe { *libc::__errno_location() = libc::EINVAL };
         return libc::SIG_ERR;

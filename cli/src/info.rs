@@ -112,6 +112,9 @@ pub fn signal_name(sig: i32) -> String {
         } else {
             format!("SIGRTMIN+{}", sig - min).replace("SIGRTMIN+0", "SIGRTMIN")
         }
+    } else if sig == max + 1 || sig == min - 1 {
+        // rseqrt took it out of glibc's range (see the README's reserved-signal paragraph).
+        format!("left out of SIGRTMIN..SIGRTMAX, which reads {min}..{max}")
     } else {
         format!("signal {sig}")
     }

@@ -165,6 +165,20 @@ pub fn tls_slot() -> *mut u64 {
     (thread_pointer() as isize + off) as *mut u64
 }
 
+/// Address of the dynamic section of the object rseqrt is linked into (`_DYNAMIC`): that
+/// object's `l_ld` in the dynamic linker's list, by which rseqrt finds itself there. 0 in a
+/// program without one (fully static: the reference is weak).
+#[inline(always)]
+pub fn own_dynamic_section() -> usize {
+    let p: usize;
+    // SAFETY: takes an address; reads nothing.
+    unsafe {
+        asm!(".weak _DYNAMIC", "leaq _DYNAMIC(%rip), {}", out(reg) p,
+             options(att_syntax, nostack, pure, nomem, preserves_flags))
+    };
+    p
+}
+
 /// Raw system call with up to six arguments. Returns the kernel's value: negative errno on error.
 /// Never touches `errno`, never calls into the C library: safe in a signal handler, in an IFUNC
 /// resolver, and under `munmap`.
@@ -233,6 +247,9 @@ interpose! {
     "sigwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigwaitinfo" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "sigtimedwait" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "__libc_current_sigrtmin" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "__libc_current_sigrtmax" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "__libc_allocate_rtsig" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "clone" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "__clone" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "dlopen" => [("v2_34", "@@GLIBC_2.34"), ("v2_2_5", "@GLIBC_2.2.5")],

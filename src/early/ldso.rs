@@ -1,5 +1,6 @@
 //! glibc's own values of `__rseq_offset`, `__rseq_size` and `__rseq_flags`, read from the dynamic
-//! linker's symbol table at relocation time.
+//! linker's symbol table at relocation time; and, the same way, the C library's definitions of
+//! functions that rseqrt interposes and must call from anywhere ([`next_definition`]).
 //!
 //! rseqrt defines these names itself (to interpose them), so a lookup by name would find its own
 //! definition; and a versioned reference to glibc's would not link (see the facts note). Instead
@@ -9,7 +10,7 @@
 //! glibc 2.35+ defines them in `ld-linux-x86-64.so.2`.
 
 use crate::arch;
-use crate::elf::_r_debug;
+use crate::elf::{_r_debug, LinkMap};
 use core::ptr;
 
 /// glibc's three values.
@@ -51,4 +52,60 @@ pub fn glibc_rseq_exports() -> Option<GlibcRseq> {
         map = m.l_next;
     }
     None
+}
+
+/// The definition of function `name` that rseqrt's own interposer of it hands calls on to: the
+/// first one after rseqrt's object in its namespace's list of loaded objects (what
+/// `dlsym(RTLD_NEXT)` finds), or else the first one in that list outside rseqrt and the
+/// executable (rseqrt loaded after the C library). 0 when there is none, or when rseqrt is not
+/// in any list the dynamic linker shows (`_r_debug` before glibc 2.35 shows only the main one).
+pub fn next_definition(name: &[u8]) -> usize {
+    let own = arch::own_dynamic_section();
+    // SAFETY: as in `glibc_rseq_exports`; the namespaces' lists are chained from `_r_debug`
+    // (`r_next`, glibc 2.35's `r_version` 2), and none changes while the dynamic linker
+    // relocates this object.
+    unsafe {
+        let mut ns = ptr::addr_of!(_r_debug);
+        let mut main = true;
+        while !ns.is_null() {
+            let head = (*ns).r_map;
+            let mut m = head;
+            while !m.is_null() && (*m).l_ld as usize != own {
+                m = (*m).l_next;
+            }
+            if !m.is_null() {
+                let own_map = m;
+                let skip = |m: *const LinkMap| m == own_map || (main && m == head);
+                let mut after = (*own_map).l_next;
+                while !after.is_null() {
+                    if let Some(a) = defined_in(after, name) {
+                        return a;
+                    }
+                    after = (*after).l_next;
+                }
+                let mut before = head;
+                while !before.is_null() && before != own_map {
+                    if !skip(before) {
+                        if let Some(a) = defined_in(before, name) {
+                            return a;
+                        }
+                    }
+                    before = (*before).l_next;
+                }
+                return 0;
+            }
+            ns = if (*ns).r_version >= 2 { (*ns).r_next } else { ptr::null() };
+            main = false;
+        }
+    }
+    0
+}
+
+/// `name` in the loaded object `m`, if it defines it.
+///
+/// # Safety
+/// `m` must be a live element of one of the dynamic linker's lists.
+unsafe fn defined_in(m: *const LinkMap, name: &[u8]) -> Option<usize> {
+    // SAFETY: the caller guarantees `m` is loaded, so its tables are mapped.
+    unsafe { (!(*m).l_ld.is_null()).then(|| (*m).lookup(name)).flatten() }
 }

@@ -58,6 +58,7 @@ pub extern "C" fn resolve() -> extern "C" fn() {
     if let Some(reason) = declined {
         state::set_none_reason(reason);
     }
+    crate::rtsig::find_glibc(ldso::next_definition);
     state::publish(state::Config {
         owner,
         offset,

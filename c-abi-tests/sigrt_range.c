@@ -1,0 +1,131 @@
+/* sigrt_range: every real-time signal from SIGRTMIN to SIGRTMAX can be handled, raised and
+ * received, with rseqrt (linked, or the preload shim) as without it. rseqrt's reserved signal is
+ * outside that range when it is at one end of glibc's (the top by default, or RSEQRT_SIGNAL set
+ * to the bottom one), and refused (EINVAL) when it is in the middle.
+ *
+ *   sigrt_range WANT_MIN WANT_MAX WANT_RESERVED
+ *
+ * WANT_MIN, WANT_MAX: what SIGRTMIN and SIGRTMAX must read, here and in the constructor of
+ * libsigrt_early.so, which ran before rseqrt's; WANT_RESERVED: rseqrt_signal() (0: rseqrt must
+ * not be loaded). Also checked: glibc's own view agrees (strsignal() of a hidden signal is not a
+ * real-time signal's name); __libc_allocate_rtsig() hands out the range's ends, never the
+ * reserved signal, until none is left. Exit 0: all checks passed; 1: a check failed. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern int sigrt_early_min, sigrt_early_max, sigrt_early_rseqrt_ready;
+/* glibc's allocator of real-time signals (libc.so.6, GLIBC_2.2.5; no header declares it). */
+extern int __libc_allocate_rtsig(int high);
+
+static volatile sig_atomic_t received[65];
+static int failures;
+
+static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void check(int ok, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s ", ok ? "ok  " : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    failures += !ok;
+}
+
+static void on_signal(int sig)
+{
+    if (sig > 0 && sig <= 64)
+        received[sig]++;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s WANT_MIN WANT_MAX WANT_RESERVED\n", argv[0]);
+        return 2;
+    }
+    int want_min = atoi(argv[1]), want_max = atoi(argv[2]), want_reserved = atoi(argv[3]);
+    int (*rseqrt_signal_fn)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "rseqrt_signal");
+    int reserved = rseqrt_signal_fn ? rseqrt_signal_fn() : 0;
+    int lo = SIGRTMIN, hi = SIGRTMAX;
+    printf("SIGRTMIN %d, SIGRTMAX %d, rseqrt %s, reserved signal %d\n", lo, hi,
+           rseqrt_signal_fn ? "loaded" : "absent", reserved);
+    check(reserved == want_reserved, "the reserved signal is %d (want %d)", reserved, want_reserved);
+    check(lo == want_min && hi == want_max, "SIGRTMIN..SIGRTMAX reads %d..%d (want %d..%d)", lo, hi, want_min, want_max);
+    check(sigrt_early_min == lo && sigrt_early_max == hi,
+          "a library constructor that ran %s rseqrt's read the same: %d..%d",
+          sigrt_early_rseqrt_ready == 0 ? "before" : sigrt_early_rseqrt_ready == 1 ? "after" : "without",
+          sigrt_early_min, sigrt_early_max);
+    if (rseqrt_signal_fn)
+        check(sigrt_early_rseqrt_ready == 0, "that constructor ran before rseqrt's (the interposers chose the signal)");
+
+    int hidden = reserved && (reserved < lo || reserved > hi);
+    if (reserved)
+        check(hidden == (reserved == 34 || reserved == 64),
+              "the reserved signal %d is %s SIGRTMIN..SIGRTMAX", reserved, hidden ? "outside" : "inside");
+    if (hidden) {
+        char name[64], top[64]; /* strsignal() may reuse one buffer */
+        snprintf(name, sizeof name, "%s", strsignal(reserved));
+        snprintf(top, sizeof top, "%s", strsignal(hi));
+        check(strncmp(name, "Real-time signal", 16) != 0,
+              "glibc's own view agrees: strsignal(%d) = \"%s\" (strsignal(%d) = \"%s\")", reserved, name, hi, top);
+    }
+
+    /* A handler on each signal of the range, each raised and received. */
+    int handled = 0, refused = 0;
+    for (int sig = lo; sig <= hi; sig++) {
+        struct sigaction act;
+        memset(&act, 0, sizeof act);
+        act.sa_handler = on_signal;
+        sigemptyset(&act.sa_mask);
+        errno = 0;
+        int rc = sigaction(sig, &act, NULL);
+        if (sig == reserved) {
+            check(rc == -1 && errno == EINVAL, "sigaction(%d), the reserved signal inside the range: %d, errno %d (want EINVAL)",
+                  sig, rc, errno);
+            refused++;
+            continue;
+        }
+        if (rc != 0) {
+            check(0, "sigaction(%d) = %d, errno %d (%s)", sig, rc, errno, strerror(errno));
+            continue;
+        }
+        raise(sig);
+        if (received[sig] != 1)
+            check(0, "signal %d raised: its handler ran %d times", sig, (int)received[sig]);
+        else
+            handled++;
+    }
+    check(handled + refused == hi - lo + 1, "%d of the %d signals %d..%d handled, raised and received%s", handled,
+          hi - lo + 1, lo, hi, refused ? " (the reserved one refused)" : "");
+
+    /* glibc's allocator: the ends of the range, never the reserved signal (a reserved signal in
+     * the middle is left out of the range once an end reaches it). */
+    int first = __libc_allocate_rtsig(0), want_hi = hi - 1 == reserved ? hi - 2 : hi - 1;
+    check(first == hi && SIGRTMAX == want_hi, "__libc_allocate_rtsig(0) = %d (SIGRTMAX was %d), SIGRTMAX now %d (want %d)",
+          first, hi, SIGRTMAX, want_hi);
+    int low = __libc_allocate_rtsig(1), want_lo = lo + 1 == reserved ? lo + 2 : lo + 1;
+    check(low == lo && SIGRTMIN == want_lo, "__libc_allocate_rtsig(1) = %d (SIGRTMIN was %d), SIGRTMIN now %d (want %d)",
+          low, lo, SIGRTMIN, want_lo);
+    int n = 2, handed_reserved = 0, sig;
+    while ((sig = __libc_allocate_rtsig(0)) > 0 && n < 64) {
+        handed_reserved |= sig == reserved;
+        n++;
+    }
+    check(!handed_reserved && n == hi - lo + 1 - refused,
+          "allocated until none was left: %d signals, the reserved one never (SIGRTMIN %d > SIGRTMAX %d now)", n,
+          SIGRTMIN, SIGRTMAX);
+    if (reserved) {
+        struct sigaction cur;
+        check(sigaction(reserved, NULL, &cur) == 0 && cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN,
+              "rseqrt's handler is still installed on %d", reserved);
+    }
+    return failures ? 1 : 0;
+}
