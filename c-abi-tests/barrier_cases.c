@@ -1080,8 +1080,8 @@ static void sc_census(void)
     /* glibc 2.34+ exports its thread count for libthread_db (GLIBC_PRIVATE in libc.so.6); before
      * 2.34 the count lives in libpthread.so.0, which exports it to nobody (libthread_db read
      * libpthread's full symbol table), so every barrier there pays the fstat check. */
-    void *libc_handle = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    int counted = libc_handle && dlvsym(libc_handle, "__nptl_nthreads", "GLIBC_PRIVATE");
+    void *census_libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    int counted = census_libc && dlvsym(census_libc, "__nptl_nthreads", "GLIBC_PRIVATE");
     int fast = counted ? 0 : 20;
     if (!counted)
         printf("observed: glibc %s exports no thread count: one fstat per barrier\n", gnu_get_libc_version());

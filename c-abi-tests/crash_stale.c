@@ -149,7 +149,7 @@ static void stale_body(void)
             pthread_setaffinity_np(pthread_self(), sizeof set, &set);
         }
     }
-    atomic_store(&stale_area, rseq_cs_area());
+    atomic_store(&stale_area, RSEQ_CS_ABI_DEFINED() ? rseq_cs_area() : NULL);
     int cpu = cs_fn(counters);
     seen_rseq_cs = rseq_cs_current();
     seen_cpu = cpu;
@@ -300,7 +300,7 @@ int main(int argc, char **argv)
 #endif
 
     int (*owner)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "rseqrt_owner");
-    if (&__rseq_offset) /* glibc before 2.35 without rseqrt: nobody defines it */
+    if (RSEQ_CS_ABI_DEFINED()) /* glibc before 2.35 without rseqrt: nobody defines it */
         printf("%s %s %s: __rseq_offset=%td rseqrt_owner=%d main cpu_id=%d\n", argv[1], argv[2],
                argv[3], __rseq_offset, owner ? owner() : -1, (int32_t)rseq_cs_area()->cpu_id);
     else

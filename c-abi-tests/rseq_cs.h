@@ -57,8 +57,10 @@ struct rseq_cs_area {
  * program without it must not call rseq_cs_area(). */
 #if __has_include(<sys/rseq.h>)
 extern const ptrdiff_t __rseq_offset;
+#define RSEQ_CS_ABI_DEFINED() 1
 #else
 extern const ptrdiff_t __rseq_offset __attribute__((weak));
+#define RSEQ_CS_ABI_DEFINED() (&__rseq_offset != NULL)
 #endif
 
 /* The code and the object's own descriptor. Local (non-global) symbols, so every
@@ -106,13 +108,15 @@ static inline struct rseq_cs_area *rseq_cs_area(void)
  * nobody defines __rseq_offset (glibc before 2.35 without rseqrt), nothing is registered. */
 static inline int rseq_cs_registered(void)
 {
-    if (!&__rseq_offset)
+    if (!RSEQ_CS_ABI_DEFINED())
         return 0;
     return (int32_t)__atomic_load_n(&rseq_cs_area()->cpu_id, __ATOMIC_RELAXED) >= 0;
 }
 
 static inline uint64_t rseq_cs_current(void)
 {
+    if (!RSEQ_CS_ABI_DEFINED())
+        return 0;
     return __atomic_load_n(&rseq_cs_area()->rseq_cs, __ATOMIC_RELAXED);
 }
 

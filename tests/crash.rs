@@ -240,10 +240,11 @@ fn munmap_of_jit_code() {
     matrix("munmap-jit");
 }
 
-/// Unloads (rseqrt) per stress run must reach this many, or the test fails.
+/// Unloads (rseqrt) each stress run makes; the run must make all of them. A count, not a rate:
+/// on a busy machine the run takes longer (the time cap below only catches a hang).
 const STRESS_MIN_UNLOADS: u64 = 2000;
 /// crash_stress arguments after the plugins: unloads, workers, time cap in seconds.
-const STRESS_ARGS: [&str; 3] = ["5000", "4", "8"];
+const STRESS_ARGS: [&str; 3] = ["2000", "4", "25"];
 
 fn stress_unloads(out: &str) -> Option<u64> {
     let rest = out.split(": ").nth(1)?;
