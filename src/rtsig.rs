@@ -29,7 +29,7 @@
 //! ([`find_glibc`]), so that no interposer needs `dlsym`.
 //!
 //! Guarantees of [`chosen`], [`taken`] and the interposers: async-signal-safe, no allocation, no
-//! lock. The choice reads `RSEQRT_SIGNAL` with `getenv` (which only scans the environment) and
+//! lock. The choice reads `RSEQRT_SIGNAL` with `secure_getenv` (which only scans the environment) and
 //! the dispositions with raw `rt_sigaction` queries; it commits with one compare-and-swap, so a
 //! choice interrupted by a handler that reads `SIGRTMAX` is made by the handler, and the
 //! interrupted one adopts it.

@@ -454,3 +454,34 @@ fn registration_left_to_the_program() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// In a secure-mode process (set-user-ID root run by an ordinary user: `AT_SECURE`), rseqrt
+/// ignores its `RSEQRT_*` variables and glibc's tunable, as glibc ignores its tunables there; the
+/// same program run normally with the same environment obeys them (so the check can fail).
+#[test]
+fn environment_ignored_in_secure_mode() {
+    let (cflags, libs) = stage().rseqrt_flags();
+    let program = compile(
+        &CompileSpec::new("secure_mode", &[support::c_test_source("secure_mode.c")]).cflags(WARNINGS).cflags(&cflags).libs(&libs),
+    );
+    // A set-user-ID root copy that the unprivileged user can reach.
+    let setuid = support::tests_build_dir().join("secure_mode_suid");
+    std::fs::copy(&program, &setuid).expect("copy");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).expect("chmod u+s");
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        println!("skip: not root: cannot make a set-user-ID root program");
+        return;
+    }
+    let env = [("RSEQRT_REGISTER", "0"), ("RSEQRT_SIGNAL", "40"), ("GLIBC_TUNABLES", "glibc.pthread.rseq=0")];
+    let default_owner = if support::scenario::glibc_registers() { 1 } else { 2 };
+    let normal = run(&program, &["show"], &env, TIMEOUT);
+    println!("normal: {}", normal.stdout.trim());
+    assert!(normal.success() && normal.stdout.contains("rseqrt_owner=0 signal=40 secure=0"), "normal run\n{normal}");
+    let setuid_s = setuid.display().to_string();
+    let secure = run(&program, &["drop", &setuid_s, "show"], &env, TIMEOUT);
+    println!("secure: {}", secure.stdout.trim());
+    let want = format!("rseqrt_owner={default_owner} signal=64 secure=1 uid=65534 euid=0");
+    assert!(secure.success() && secure.stdout.contains(&want), "secure-mode run: want {want}\n{secure}");
+}
