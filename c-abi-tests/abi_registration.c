@@ -19,6 +19,7 @@
 #include "common.h"
 
 #include <dlfcn.h>
+#include <gnu/libc-version.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/auxv.h>
@@ -425,6 +426,11 @@ static void check_values_everywhere(void)
         check(0, "dlopen(libc.so.6, RTLD_NOLOAD): %s", dlerror());
     const ptrdiff_t *g_off = dlsym(libc, "__rseq_offset");
     const unsigned *g_size = dlsym(libc, "__rseq_size");
+#if !__has_include(<sys/rseq.h>)
+    /* glibc before 2.35 defines none of the names: rseqrt's are the only ones. */
+    check(!g_off && !g_size, "glibc %s defines no __rseq_offset/__rseq_size of its own", gnu_get_libc_version());
+    return;
+#endif
     Dl_info where;
     memset(&where, 0, sizeof where);
     const char *from = g_off && g_size && dladdr(g_off, &where) ? where.dli_fname : NULL;

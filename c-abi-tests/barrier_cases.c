@@ -1049,6 +1049,19 @@ static void *census_idle(void *arg)
     return NULL;
 }
 
+/* glibc's own pthread_create, bypassing rseqrt's: libc.so.6's GLIBC_2.34 version, or before
+ * glibc 2.34 libpthread.so.0's GLIBC_2.2.5 one. */
+static void *glibc_pthread_create(void)
+{
+    void *h = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void *f = h ? dlvsym(h, "pthread_create", "GLIBC_2.34") : NULL;
+    if (!f && (h = dlopen("libpthread.so.0", RTLD_LAZY | RTLD_NOLOAD)))
+        f = dlvsym(h, "pthread_create", "GLIBC_2.2.5");
+    if (!f)
+        die(2, "glibc's pthread_create not found: %s", dlerror());
+    return f;
+}
+
 static int census_barriers(const char *what)
 {
     static char unrelated[4096] __attribute__((aligned(4096)));
@@ -1088,11 +1101,8 @@ static void sc_census(void)
     int known = census_barriers("with every thread known");
     check(known == fast, "%d idle threads, all known: 20 barriers, %d fstat calls (want %d)", IDLE, known, fast);
 
-    void *libc_handle = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
     int (*glibc_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) =
-        (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))(libc_handle ? dlvsym(libc_handle, "pthread_create", "GLIBC_2.34") : NULL);
-    if (!glibc_create)
-        die(2, "dlvsym(pthread_create@GLIBC_2.34): %s", dlerror());
+        (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))glibc_pthread_create();
     pthread_t behind;
     sem_t behind_stop;
     sem_init(&behind_stop, 0, 0);
@@ -1172,10 +1182,7 @@ static void *bypass_churn(void *arg)
 
 static void sc_bypass(void)
 {
-    void *libc_handle = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    void *glibc_create = libc_handle ? dlvsym(libc_handle, "pthread_create", "GLIBC_2.34") : NULL;
-    if (!glibc_create)
-        die(2, "dlvsym(libc.so.6, pthread_create@GLIBC_2.34): %s", dlerror());
+    void *glibc_create = glibc_pthread_create();
     if (use_rseqrt)
         check(glibc_create != dlsym(RTLD_DEFAULT, "pthread_create"), "glibc's pthread_create is not the one programs call (rseqrt's)");
     struct rseq_cs_desc *p = desc_page();

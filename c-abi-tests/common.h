@@ -24,9 +24,16 @@
 /* glibc before 2.35 has no rseq ABI: the kernel's struct, and the names that rseqrt (linked
  * or preloaded) defines in glibc's place: weak, so that a program runs without rseqrt too. */
 #include <linux/rseq.h>
+#ifdef RSEQRT_LINKED
+/* Linked with rseqrt: its definitions, copied into the executable like glibc's would be. */
+extern const ptrdiff_t __rseq_offset;
+extern const unsigned int __rseq_size;
+extern const unsigned int __rseq_flags;
+#else
 extern const ptrdiff_t __rseq_offset __attribute__((weak));
 extern const unsigned int __rseq_size __attribute__((weak));
 extern const unsigned int __rseq_flags __attribute__((weak));
+#endif
 #endif
 #include <sys/syscall.h>
 #include <unistd.h>

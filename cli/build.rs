@@ -32,6 +32,12 @@ fn main() {
     for f in ["plugin.c", "dep_lib.c", "dep_top.c"] {
         println!("cargo:rerun-if-changed=selftest/{f}");
     }
+    // The plugins find the rseq area through glibc's ABI names. Before glibc 2.35 only rseqrt
+    // (linked into this executable as a Rust crate) defines them, so the executable exports them
+    // to the objects it loads.
+    for name in ["__rseq_offset", "__rseq_size", "__rseq_flags"] {
+        println!("cargo:rustc-link-arg-bins=-Wl,--export-dynamic-symbol={name}");
+    }
     println!("cargo:rerun-if-changed=../c-abi-tests/rseq_cs.h");
     println!("cargo:rerun-if-changed=build.rs");
 }
