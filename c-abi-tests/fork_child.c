@@ -159,7 +159,8 @@ static void sc_setxid_held(void)
     }
     close(p[1]);
     st = wait_or_kill(c, timeout + 3000, &took);
-    check(st != -1, "the _Fork() child's barrier ended (child gone after %.0f ms, limit %.0f)", took, timeout + 3000);
+    check(st != -1, "the _Fork() child's barrier %s after %.0f ms (limit %.0f)",
+          st == -1 ? "had not ended (child killed)" : "ended", took, timeout + 3000);
     struct child_result r;
     check(read(p[0], &r, sizeof r) == (ssize_t)sizeof r && WIFEXITED(st) && WEXITSTATUS(st) == 0,
           "the child reported (status %#x)", st);
