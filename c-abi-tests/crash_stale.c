@@ -50,6 +50,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -323,6 +324,17 @@ static void free_memory(void)
 {
     int rc = 0;
     const char *what = free_call();
+    if (kind == K_MADV_FREE) {
+        /* The descriptor's page must be on the kernel's LRU lists for MADV_FREE to mark it
+         * lazily freeable: MADV_PAGEOUT of another page drains this CPU's pending batches
+         * (where the page waits since it was first touched, on this CPU: see main). */
+        char *other = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (other == MAP_FAILED)
+            die(2, "mmap: %s", strerror(errno));
+        other[0] = 1;
+        if (madvise(other, page_size, MADV_PAGEOUT) != 0)
+            die(2, "madvise(MADV_PAGEOUT): %s", strerror(errno));
+    }
     if (method == M_PRELOAD && !strstr(crash_provider(what), "rseqrt"))
         die(8, "preload: %s is provided by %s, not by an rseqrt object", what, crash_provider(what));
     if (method == M_RSEQRT) {
@@ -404,6 +416,17 @@ int main(int argc, char **argv)
     printf("%s %s %s: __rseq_offset=%td rseqrt_owner=%d main cpu_id=%d\n", argv[1], argv[2],
            argv[3], __rseq_offset, owner ? owner() : -1, (int32_t)rseq_cs_area()->cpu_id);
 
+    if (kind == K_MADV_FREE) {
+        /* The kernel queues a page on per-CPU batches when it is first touched (lru_add), and
+         * again at MADV_FREE (lazyfree); MADV_PAGEOUT drains only its own CPU's batches before
+         * it reclaims, and skips a page still queued elsewhere. So the main thread, which does
+         * all three, stays on one CPU (0: a spinning stale thread keeps CPU 1). */
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(0, &set);
+        if (sched_setaffinity(0, sizeof set, &set) != 0)
+            die(2, "sched_setaffinity: %s", strerror(errno));
+    }
     prepare(argv[4]);
     if (pipe(wake_pipe) != 0)
         die(2, "pipe: %s", strerror(errno));
