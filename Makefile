@@ -21,7 +21,7 @@ CC        ?= cc
 B         := build
 RUST_A    := target/release/librseqrt.a
 SO        := $(B)/lib/librseqrt.so.$(VERSION)
-# The LD_PRELOAD shim is the whole library plus dlclose/munmap/mremap/mmap interposers, with the
+# The LD_PRELOAD shim is the whole library plus interposers of the calls that free memory, with the
 # same SONAME (so a program that links rseqrt gets one copy). It lives in a subdirectory so that
 # ldconfig, which picks one file per SONAME in a directory, never sees the two side by side.
 PRELOAD   := $(B)/lib/rseqrt/librseqrt_preload.so
@@ -49,7 +49,7 @@ $(B)/lib/librseqrt.a: $(RUST_A)
 	@mkdir -p $(B)/lib
 	cp $< $@
 
-# The shim is built from the crate with the `preload` feature (its dlclose/munmap/mremap/mmap
+# The shim is built from the crate with the `preload` feature (its dlclose/munmap/madvise/...
 # entry points), in its own target directory so that librseqrt.a stays without them.
 PRELOAD_A := target/preload/release/librseqrt.a
 $(PRELOAD_A): FORCE

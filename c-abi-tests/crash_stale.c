@@ -10,6 +10,20 @@
  *   munmap-desc  munmap() of an anonymous page holding the descriptor
  *   munmap-jit   munmap() of an executable page holding a copy of the code
  *                (the descriptor lives in this program's .data)
+ *   madvise-dontneed  madvise(MADV_DONTNEED) of an anonymous page holding the descriptor:
+ *                the page then reads as zeros (start_ip 0, abort_ip 0: the kernel reads the
+ *                signature at address -4)
+ *   madvise-free madvise(MADV_FREE) of that page. The kernel keeps the contents until it
+ *                reclaims the page, under memory pressure, at a moment no test can choose; so
+ *                the program then asks for that reclaim itself with madvise(MADV_PAGEOUT)
+ *                (Linux 5.4), which discards a clean MADV_FREE page at once: then it reads as
+ *                zeros. What is shown is the crash once the kernel has reclaimed the page, not
+ *                when it would have done so by itself.
+ *   madvise-remove  madvise(MADV_REMOVE) of a shared anonymous page (shmem) holding the
+ *                descriptor: a hole is punched, the page reads as zeros
+ *   mprotect-none   mprotect(PROT_NONE) of an anonymous page holding the descriptor
+ *   shmdt        shmdt() of a three-page System V segment holding the descriptor in its last
+ *                page (the call names only the segment's first address)
  * THREAD (the stale thread, which runs the critical section once, then...):
  *   read         ...blocks in read() on a pipe
  *   spin         ...spins in user space (no system call) until the memory is freed,
@@ -17,24 +31,26 @@
  *   sigblock     blocks every signal (sigfillset + pthread_sigmask), then as read
  *   timer        a glibc helper thread: a SIGEV_THREAD timer callback, then as read
  * METHOD (how the main thread frees):
- *   plain        dlclose()/munmap() (the harness may LD_PRELOAD librseqrt_preload.so:
- *                METHOD preload is the same call, and checks that the call is
- *                interposed by an rseqrt object)
+ *   plain        dlclose()/munmap()/madvise()/mprotect()/shmdt() (the harness may
+ *                LD_PRELOAD librseqrt_preload.so: METHOD preload is the same call, and
+ *                checks that the call is interposed by an rseqrt object)
  *   preload      as plain, after checking the interposition
- *   rseqrt       rseqrt_dlclose()/rseqrt_munmap() (only when built with -DWITH_RSEQRT)
+ *   rseqrt       rseqrt_dlclose()/rseqrt_munmap()/... (only when built with -DWITH_RSEQRT)
  *
  * After freeing, the main thread wakes the stale thread and waits (up to 5 s)
  * for it to finish. Exit status: 0 survived; the kernel's SIGSEGV for a stale
  * rseq_cs; 2 usage/setup error; 3 the stale thread has no registered rseq area
  * (nothing to demonstrate); 4 the free call failed; 5 timeout; 6 the library was
  * not actually unloaded; 7 the critical section miscounted; 8 preload not in
- * effect; 10 a genuine memory fault (see crash_common.h); 9 inconclusive: the
+ * effect; 10 a genuine memory fault (see crash_common.h); 11 the discarded page still
+ * holds the descriptor after the free (the kind shows nothing there); 9 inconclusive: the
  * stale thread's rseq_cs was already 0 when the free started, or (plain method, spinning thread) its kernel cleared it while the
  * free was in progress; the harness runs the scenario again. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -43,6 +59,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/shm.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,7 +69,19 @@
 #include <rseqrt.h>
 #endif
 
-enum kind { K_DLCLOSE, K_DLCLOSE_DEP, K_MUNMAP_DESC, K_MUNMAP_JIT };
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21 /* Linux 5.4; glibc 2.31's headers lack it */
+#endif
+
+enum kind {
+    K_DLCLOSE, K_DLCLOSE_DEP, K_MUNMAP_DESC, K_MUNMAP_JIT,
+    K_MADV_DONTNEED, K_MADV_FREE, K_MADV_REMOVE, K_MPROTECT_NONE, K_SHMDT,
+};
+static const char *kinds[] = {
+    "dlclose", "dlclose-dep", "munmap-desc", "munmap-jit",
+    "madvise-dontneed", "madvise-free", "madvise-remove", "mprotect-none", "shmdt",
+};
+#define NKINDS (sizeof kinds / sizeof kinds[0])
 enum thr { T_READ, T_SPIN, T_SIGBLOCK, T_TIMER };
 enum method { M_PLAIN, M_PRELOAD, M_RSEQRT };
 
@@ -64,8 +93,9 @@ static long counters[4096];
 static int (*cs_fn)(long *);            /* runs one critical section */
 static void *handle;                    /* dlclose kinds */
 static char lib_path[4096], dep_path[4096];
-static void *page;                      /* munmap kinds */
-static size_t page_size;
+static void *page;                      /* the other kinds: the mapping (segment) freed */
+static size_t page_size, page_len;      /* page_len: the length of that mapping */
+static struct rseq_cs_desc *desc_at;    /* where the descriptor lives in it (not munmap-jit) */
 static struct rseq_cs_desc jit_desc;    /* munmap-jit: descriptor in .data */
 
 static int wake_pipe[2];
@@ -104,9 +134,9 @@ static void sleep_ms(long ms)
         ;
 }
 
-static int cs_munmap_desc(long *c)
+static int cs_desc_in_page(long *c)
 {
-    return rseq_cs_run(c, (const struct rseq_cs_desc *)page, rseq_cs_own_code());
+    return rseq_cs_run(c, desc_at, rseq_cs_own_code());
 }
 
 static int cs_munmap_jit(long *c)
@@ -219,14 +249,39 @@ static void prepare(const char *dir)
         break;
     }
     case K_MUNMAP_DESC:
-        page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    case K_MADV_DONTNEED:
+    case K_MADV_FREE:
+    case K_MADV_REMOVE:
+    case K_MPROTECT_NONE: {
+        /* MADV_REMOVE works on shared memory only. */
+        int share = kind == K_MADV_REMOVE ? MAP_SHARED : MAP_PRIVATE;
+        page_len = page_size;
+        page = mmap(NULL, page_len, PROT_READ | PROT_WRITE, share | MAP_ANONYMOUS, -1, 0);
         if (page == MAP_FAILED)
             die(2, "mmap: %s", strerror(errno));
-        memcpy(page, rseq_cs_own_desc(), sizeof(struct rseq_cs_desc));
-        cs_fn = cs_munmap_desc;
+        desc_at = page;
+        memcpy(desc_at, rseq_cs_own_desc(), sizeof(struct rseq_cs_desc));
+        cs_fn = cs_desc_in_page;
         break;
+    }
+    case K_SHMDT: {
+        page_len = 3 * page_size;
+        int id = shmget(IPC_PRIVATE, page_len, IPC_CREAT | 0600);
+        if (id < 0)
+            die(2, "shmget: %s", strerror(errno));
+        page = shmat(id, NULL, 0);
+        /* Marked for removal at once: the kernel destroys it at the last detach, or exit. */
+        shmctl(id, IPC_RMID, NULL);
+        if (page == (void *)-1)
+            die(2, "shmat: %s", strerror(errno));
+        desc_at = (struct rseq_cs_desc *)((char *)page + 2 * page_size);
+        memcpy(desc_at, rseq_cs_own_desc(), sizeof(struct rseq_cs_desc));
+        cs_fn = cs_desc_in_page;
+        break;
+    }
     case K_MUNMAP_JIT: {
         struct rseq_cs_layout l = rseq_cs_layout();
+        page_len = page_size;
         page = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (page == MAP_FAILED)
             die(2, "mmap: %s", strerror(errno));
@@ -240,24 +295,72 @@ static void prepare(const char *dir)
     }
 }
 
+/* The advice of the madvise kinds. */
+static int advice(void)
+{
+    return kind == K_MADV_DONTNEED ? MADV_DONTNEED : kind == K_MADV_FREE ? MADV_FREE : MADV_REMOVE;
+}
+
+static const char *free_call(void)
+{
+    switch (kind) {
+    case K_DLCLOSE:
+    case K_DLCLOSE_DEP:
+        return "dlclose";
+    case K_MADV_DONTNEED:
+    case K_MADV_FREE:
+    case K_MADV_REMOVE:
+        return "madvise";
+    case K_MPROTECT_NONE:
+        return "mprotect";
+    case K_SHMDT:
+        return "shmdt";
+    default:
+        return "munmap";
+    }
+}
+
 static void free_memory(void)
 {
     int rc = 0;
-    const char *what = kind == K_DLCLOSE || kind == K_DLCLOSE_DEP ? "dlclose" : "munmap";
+    const char *what = free_call();
+    if (kind == K_MADV_FREE) {
+        /* The descriptor's page must be on the kernel's LRU lists for MADV_FREE to mark it
+         * lazily freeable: MADV_PAGEOUT of another page drains this CPU's pending batches
+         * (where the page waits since it was first touched, on this CPU: see main). */
+        char *other = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (other == MAP_FAILED)
+            die(2, "mmap: %s", strerror(errno));
+        other[0] = 1;
+        if (madvise(other, page_size, MADV_PAGEOUT) != 0)
+            die(2, "madvise(MADV_PAGEOUT): %s", strerror(errno));
+    }
     if (method == M_PRELOAD && !strstr(crash_provider(what), "rseqrt"))
         die(8, "preload: %s is provided by %s, not by an rseqrt object", what, crash_provider(what));
     if (method == M_RSEQRT) {
 #ifdef WITH_RSEQRT
         if (handle)
             rc = rseqrt_dlclose(handle);
+        else if (!strcmp(what, "madvise"))
+            rc = rseqrt_madvise(page, page_len, advice());
+        else if (!strcmp(what, "mprotect"))
+            rc = rseqrt_mprotect(page, page_len, PROT_NONE);
+        else if (!strcmp(what, "shmdt"))
+            rc = rseqrt_shmdt(page);
         else
-            rc = rseqrt_munmap(page, page_size);
+            rc = rseqrt_munmap(page, page_len);
 #endif
     } else {
         if (handle)
             rc = dlclose(handle);
+        else if (!strcmp(what, "madvise"))
+            rc = madvise(page, page_len, advice());
+        else if (!strcmp(what, "mprotect"))
+            rc = mprotect(page, page_len, PROT_NONE);
+        else if (!strcmp(what, "shmdt"))
+            rc = shmdt(page);
         else
-            rc = munmap(page, page_size);
+            rc = munmap(page, page_len);
     }
     if (rc != 0) {
         int e = errno;
@@ -272,11 +375,20 @@ static void free_memory(void)
         if (h)
             die(6, "%s is still loaded after dlclose", holder);
     }
+    if (kind == K_MADV_FREE && madvise(page, page_len, MADV_PAGEOUT) != 0)
+        die(2, "madvise(MADV_PAGEOUT): %s", strerror(errno));
+    if (kind == K_MADV_DONTNEED || kind == K_MADV_FREE || kind == K_MADV_REMOVE) {
+        /* The page must now read as zeros, or this run shows nothing. */
+        struct rseq_cs_desc now;
+        memcpy(&now, desc_at, sizeof now);
+        if (now.start_ip != 0 || now.abort_ip != 0)
+            die(11, "after madvise the page still holds the descriptor (start_ip %#llx)",
+                (unsigned long long)now.start_ip);
+    }
 }
 
 int main(int argc, char **argv)
 {
-    static const char *kinds[] = {"dlclose", "dlclose-dep", "munmap-desc", "munmap-jit"};
     static const char *thrs[] = {"read", "spin", "sigblock", "timer"};
     static const char *methods[] = {"plain", "preload", "rseqrt"};
     int k = -1, t = -1, m = -1;
@@ -284,15 +396,16 @@ int main(int argc, char **argv)
     crash_setup();
 
     if (argc == 5) {
-        for (int i = 0; i < 4; i++) {
-            if (!strcmp(argv[1], kinds[i])) k = i;
-            if (!strcmp(argv[2], thrs[i])) t = i;
-            if (i < 3 && !strcmp(argv[3], methods[i])) m = i;
+        for (size_t i = 0; i < NKINDS; i++) {
+            if (!strcmp(argv[1], kinds[i])) k = (int)i;
+            if (i < 4 && !strcmp(argv[2], thrs[i])) t = (int)i;
+            if (i < 3 && !strcmp(argv[3], methods[i])) m = (int)i;
         }
     }
     if (k < 0 || t < 0 || m < 0)
-        die(2, "usage: %s dlclose|dlclose-dep|munmap-desc|munmap-jit read|spin|sigblock|timer "
-               "plain|preload|rseqrt PLUGIN_DIR", argv[0]);
+        die(2, "usage: %s dlclose|dlclose-dep|munmap-desc|munmap-jit|madvise-dontneed|madvise-free|"
+               "madvise-remove|mprotect-none|shmdt read|spin|sigblock|timer plain|preload|rseqrt "
+               "PLUGIN_DIR", argv[0]);
     kind = k, thr = t, method = m;
 #ifndef WITH_RSEQRT
     if (method == M_RSEQRT)
@@ -307,6 +420,17 @@ int main(int argc, char **argv)
         printf("%s %s %s: no __rseq_offset (no rseq ABI) rseqrt_owner=%d\n", argv[1], argv[2], argv[3],
                owner ? owner() : -1);
 
+    if (kind == K_MADV_FREE) {
+        /* The kernel queues a page on per-CPU batches when it is first touched (lru_add), and
+         * again at MADV_FREE (lazyfree); MADV_PAGEOUT drains only its own CPU's batches before
+         * it reclaims, and skips a page still queued elsewhere. So the main thread, which does
+         * all three, stays on one CPU (0: a spinning stale thread keeps CPU 1). */
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(0, &set);
+        if (sched_setaffinity(0, sizeof set, &set) != 0)
+            die(2, "sched_setaffinity: %s", strerror(errno));
+    }
     prepare(argv[4]);
     if (pipe(wake_pipe) != 0)
         die(2, "pipe: %s", strerror(errno));

@@ -202,6 +202,47 @@ int rseqrt_dlclose(void *handle);
  */
 int rseqrt_munmap(void *addr, uintptr_t len);
 
+/*
+ `madvise()` after the barrier over the pages of `[addr, addr + len)` when `advice` discards
+ their contents (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`, `MADV_FREE`, `MADV_REMOVE`,
+ `MADV_GUARD_INSTALL`, `MADV_HWPOISON`: a descriptor there would then read as zeros, or not
+ at all); any other advice goes straight to the kernel. Returns 0, or -1 with errno: the
+ kernel's, or the barrier's, in which case nothing was done. Allocates nothing (README).
+
+ Spec: <https://man7.org/linux/man-pages/man2/madvise.2.html>
+
+ # Safety
+ As for `madvise(2)`: with an advice that discards, nothing may rely on the range's contents.
+ */
+int rseqrt_madvise(void *addr, uintptr_t len, int advice);
+
+/*
+ `mprotect()` after the barrier over the pages of `[addr, addr + len)` when `prot` lacks
+ `PROT_READ` (the kernel could no longer read a descriptor there); with `PROT_GROWSDOWN` or
+ `PROT_GROWSUP`, which extend the change beyond the range, the barrier covers every
+ `rseq_cs`. Returns 0, or -1 with errno: the kernel's, or the barrier's, in which case the
+ protection is unchanged. Allocates nothing.
+
+ Spec: <https://man7.org/linux/man-pages/man2/mprotect.2.html>
+
+ # Safety
+ As for `mprotect(2)`: nothing may access the range in a way `prot` no longer allows.
+ */
+int rseqrt_mprotect(void *addr, uintptr_t len, int prot);
+
+/*
+ `shmdt()` after the barrier over the System V shared memory segment attached at `addr`
+ (found in `/proc/self/maps`, read without allocating; where it cannot be read, the barrier
+ covers every `rseq_cs`). Returns 0, or -1 with errno: the kernel's (EINVAL: no segment
+ attached there), or the barrier's, in which case the segment stays attached.
+
+ Spec: <https://man7.org/linux/man-pages/man2/shmdt.2.html>
+
+ # Safety
+ As for `shmdt(2)`: nothing may use the segment's memory afterwards.
+ */
+int rseqrt_shmdt(const void *addr);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -8,7 +8,7 @@
 
 use crate::barrier::{self, Range};
 use crate::platform::Errno;
-use crate::{unmap, RseqrtArea};
+use crate::{discard, shm, unmap, RseqrtArea};
 use core::ffi::{c_int, c_uint, c_void};
 
 /// rseq is unavailable: the kernel lacks it, a filter refuses it, or registration failed.
@@ -176,4 +176,51 @@ pub unsafe extern "C" fn rseqrt_dlclose(handle: *mut c_void) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn rseqrt_munmap(addr: *mut c_void, len: usize) -> c_int {
     cvt(unmap::munmap(addr, len))
+}
+
+/// `madvise()` after the barrier over the pages of `[addr, addr + len)` when `advice` discards
+/// their contents (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`, `MADV_FREE`, `MADV_REMOVE`,
+/// `MADV_GUARD_INSTALL`, `MADV_HWPOISON`: a descriptor there would then read as zeros, or not
+/// at all); any other advice goes straight to the kernel. Returns 0, or -1 with errno: the
+/// kernel's, or the barrier's, in which case nothing was done. Allocates nothing (README).
+///
+/// Spec: <https://man7.org/linux/man-pages/man2/madvise.2.html>
+///
+/// # Safety
+/// As for `madvise(2)`: with an advice that discards, nothing may rely on the range's contents.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
+    // SAFETY: the caller's madvise() contract, forwarded.
+    cvt(unsafe { discard::madvise(addr as usize, len, advice) })
+}
+
+/// `mprotect()` after the barrier over the pages of `[addr, addr + len)` when `prot` lacks
+/// `PROT_READ` (the kernel could no longer read a descriptor there); with `PROT_GROWSDOWN` or
+/// `PROT_GROWSUP`, which extend the change beyond the range, the barrier covers every
+/// `rseq_cs`. Returns 0, or -1 with errno: the kernel's, or the barrier's, in which case the
+/// protection is unchanged. Allocates nothing.
+///
+/// Spec: <https://man7.org/linux/man-pages/man2/mprotect.2.html>
+///
+/// # Safety
+/// As for `mprotect(2)`: nothing may access the range in a way `prot` no longer allows.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_mprotect(addr: *mut c_void, len: usize, prot: c_int) -> c_int {
+    // SAFETY: the caller's mprotect() contract, forwarded.
+    cvt(unsafe { discard::mprotect(addr as usize, len, prot) })
+}
+
+/// `shmdt()` after the barrier over the System V shared memory segment attached at `addr`
+/// (found in `/proc/self/maps`, read without allocating; where it cannot be read, the barrier
+/// covers every `rseq_cs`). Returns 0, or -1 with errno: the kernel's (EINVAL: no segment
+/// attached there), or the barrier's, in which case the segment stays attached.
+///
+/// Spec: <https://man7.org/linux/man-pages/man2/shmdt.2.html>
+///
+/// # Safety
+/// As for `shmdt(2)`: nothing may use the segment's memory afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_shmdt(addr: *const c_void) -> c_int {
+    // SAFETY: the caller's shmdt() contract, forwarded.
+    cvt(unsafe { shm::shmdt(addr as usize) })
 }

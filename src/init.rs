@@ -27,6 +27,7 @@ pub extern "C" fn run() {
             state::downgrade_to_none(NoneReason::RegistrationFailed(e.0));
         }
     }
+    registry::set_process(platform::getpid());
     if registration::current_slot().is_none() {
         if let Some(idx) = registry::claim(0, 0) {
             registration::adopt_current_thread(idx, platform::gettid());

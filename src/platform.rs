@@ -236,6 +236,34 @@ pub unsafe fn mremap(old: usize, old_size: usize, new_size: usize, flags: i32, n
     unsafe { check(syscall6(libc::SYS_mremap, old, old_size, new_size, flags as usize, new_address, 0)) }
 }
 
+/// `madvise(2)` with every argument the caller's.
+///
+/// # Safety
+/// As for `madvise(2)`: with an advice that discards contents (`MADV_DONTNEED`, ...), nothing
+/// may rely on what the range held.
+pub unsafe fn madvise(addr: usize, len: usize, advice: i32) -> SysResult<()> {
+    // SAFETY: the caller's request, validated by the kernel.
+    unsafe { sys!(libc::SYS_madvise, addr, len, advice) }.map(drop)
+}
+
+/// `mprotect(2)` with every argument the caller's.
+///
+/// # Safety
+/// As for `mprotect(2)`: nothing may access the range in a way `prot` no longer allows.
+pub unsafe fn mprotect(addr: usize, len: usize, prot: i32) -> SysResult<()> {
+    // SAFETY: the caller's request, validated by the kernel.
+    unsafe { sys!(libc::SYS_mprotect, addr, len, prot) }.map(drop)
+}
+
+/// `shmdt(2)`.
+///
+/// # Safety
+/// As for `shmdt(2)`: nothing may use the detached segment's memory afterwards.
+pub unsafe fn shmdt(addr: usize) -> SysResult<()> {
+    // SAFETY: the caller's request, validated by the kernel.
+    unsafe { sys!(libc::SYS_shmdt, addr) }.map(drop)
+}
+
 /// Calls `f(tid)` for every thread of this process (`getdents64` on `/proc/self/task`, through a
 /// buffer on the stack).
 pub fn for_each_thread(mut f: impl FnMut(i32)) -> SysResult<()> {

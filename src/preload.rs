@@ -7,7 +7,11 @@
 //! * `munmap()`: as `rseqrt_munmap()`;
 //! * `mremap()` that moves (`MREMAP_MAYMOVE`, `MREMAP_FIXED`) or shrinks: the barrier over the old
 //!   range (or its freed tail), and over the target of `MREMAP_FIXED`;
-//! * `mmap(MAP_FIXED)`, which replaces whatever was mapped there: the barrier over that range.
+//! * `mmap(MAP_FIXED)`, which replaces whatever was mapped there: the barrier over that range;
+//! * `madvise()` with an advice that discards the contents (`MADV_DONTNEED`, `MADV_FREE`,
+//!   `MADV_REMOVE`, ...), `mprotect()` that takes read access away, `shmdt()`: as
+//!   `rseqrt_madvise()`, `rseqrt_mprotect()`, `rseqrt_shmdt()` (see `discard`, `shm`); other
+//!   advice and protections go straight to the kernel.
 //!
 //! The shim is the whole library (same SONAME, `librseqrt.so.0`), so a program that also links
 //! rseqrt gets the preloaded copy for its dependency: one registry per process, and, being first
@@ -97,4 +101,25 @@ pub unsafe extern "C" fn rseqrt_interpose_mmap(addr: *mut c_void, len: usize, pr
     }
     // SAFETY: the caller's mmap() contract, forwarded.
     map_result(unsafe { platform::mmap(addr as usize, len, prot, flags, fd, offset) })
+}
+
+/// `madvise(2)`, preceded by the barrier when the advice discards the range's contents.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int {
+    // SAFETY: the caller's madvise() contract, forwarded.
+    unsafe { capi::rseqrt_madvise(addr, len, advice) }
+}
+
+/// `mprotect(2)`, preceded by the barrier when `prot` takes read access away.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_mprotect(addr: *mut c_void, len: usize, prot: c_int) -> c_int {
+    // SAFETY: the caller's mprotect() contract, forwarded.
+    unsafe { capi::rseqrt_mprotect(addr, len, prot) }
+}
+
+/// `shmdt(2)`, preceded by the barrier over the segment it detaches.
+#[no_mangle]
+pub unsafe extern "C" fn rseqrt_interpose_shmdt(addr: *const c_void) -> c_int {
+    // SAFETY: the caller's shmdt() contract, forwarded.
+    unsafe { capi::rseqrt_shmdt(addr) }
 }

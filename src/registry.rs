@@ -199,9 +199,28 @@ impl Drop for ReadGuard {
     }
 }
 
+/// The process whose threads the registry describes: set by the constructor and by the `fork()`
+/// child handler. A child of `_Fork()` (glibc 2.34+, which runs no fork handler), of a raw
+/// `fork` system call, or of `vfork()` inherits the registry unchanged: there it describes the
+/// parent's threads, and glibc's own thread lists do too (see `barrier::broadcast`).
+static PROCESS: AtomicI32 = AtomicI32::new(0);
+
+/// Records the calling process as the one the registry describes.
+pub fn set_process(pid: i32) {
+    PROCESS.store(pid, SeqCst);
+}
+
+/// Whether the registry describes another process than the caller's (see [`set_process`]):
+/// one system call. False before the constructor ran.
+pub fn describes_another_process() -> bool {
+    let pid = PROCESS.load(SeqCst);
+    pid != 0 && pid != platform::getpid()
+}
+
 /// In the child of `fork()`: only the forking thread survives. Frees every other slot, gives
 /// the survivor its new thread id, and forgets barriers that were running in other threads.
 pub fn after_fork_child(survivor: Option<SlotIndex>, tid: i32) {
+    set_process(platform::getpid());
     let high = HIGH_WATER.load(Acquire);
     let mut live = 0;
     for idx in 0..high {

@@ -31,6 +31,8 @@ struct Programs {
     plugin: PathBuf,
     /// plugin_clone.c: starts threads with its own clone() call.
     plugin_clone: PathBuf,
+    /// discard_cases.c: madvise/mprotect/shmdt (linked with rseqrt).
+    discard: PathBuf,
 }
 
 fn programs() -> &'static Programs {
@@ -55,7 +57,14 @@ fn programs() -> &'static Programs {
         let plugin_clone = compile(
             &CompileSpec::new("barrier_plugin_clone.so", &[src("plugin_clone.c")]).cflags(&["-fPIC", "-shared"]),
         );
-        Programs { stage, cases, preload_prog, seccomp: seccomp_exec(), plugin, plugin_clone }
+        let discard = compile(
+            &CompileSpec::new("discard_cases", &[src("discard_cases.c")])
+                .cflags(&["-Wall", "-Wextra", "-Werror"])
+                .cflags(&cflags)
+                .libs(&libs)
+                .libs(&["-pthread", "-ldl"]),
+        );
+        Programs { stage, cases, preload_prog, seccomp: seccomp_exec(), plugin, plugin_clone, discard }
     })
 }
 
@@ -280,4 +289,44 @@ fn pthread_exit_and_cancel_through_the_trampoline() {
             case("exitcancel", &["async"]).rseqrt_only(),
         ],
     );
+}
+
+/// 11. The calls that take memory away without unmapping it (issue 10; the crash suite shows
+/// each one's crash and survival): a thread no barrier can reach (raw clone(), every signal
+/// blocked, as in 7) holds an rseq_cs into a region. madvise() with advice that keeps the
+/// contents (WILLNEED, NORMAL, COLD), mprotect() that keeps them readable, and length 0 return
+/// 0 at once (no barrier); bad arguments fail with the system call's own errno; each call that
+/// takes the contents away (MADV_DONTNEED, MADV_FREE, MADV_REMOVE, PROT_NONE, PROT_EXEC, shmdt)
+/// fails with ETIMEDOUT after RSEQRT_TIMEOUT_MS=200 and leaves the region as it was; once the
+/// thread is gone it succeeds. Through the C API and through the preload shim's plain calls.
+#[test]
+fn discarding_calls_fail_safe_and_pass_the_rest_through() {
+    let p = programs();
+    let preload = p.stage.lib("rseqrt/librseqrt_preload.so").display().to_string();
+    let mut f = Vec::new();
+    for kind in ["madvise-dontneed", "madvise-free", "madvise-remove", "mprotect-none", "mprotect-exec", "shmdt"] {
+        for how in ["api", "shim"] {
+            for mode in MODES {
+                let name = format!("failsafe {kind} {how} [{}]", mode.name());
+                let mut r = suite()
+                    .scenario(name, &p.discard, &["failsafe", "rseqrt", kind, how], mode, Expect::Exit(0))
+                    .env("RSEQRT_TIMEOUT_MS", "200")
+                    .owner(mode.owner());
+                if how == "shim" {
+                    r = r.env("LD_PRELOAD", &preload);
+                }
+                f.extend(go(r));
+            }
+        }
+    }
+    finish("discarding calls", f);
+}
+
+/// shmdt() names only an address, and the kernel detaches every fragment of the segment found
+/// from it: here the segment's first page was unmapped and its third mprotect()ed apart, and
+/// the descriptor lives in the fourth. rseqrt_shmdt() finds the fragments in /proc/self/maps;
+/// plain shmdt(): SIGSEGV when the stale thread wakes.
+#[test]
+fn shmdt_of_a_fragmented_segment() {
+    suite().run_cases("fragmented segment", &programs().discard, &[both("shm-fragments")]);
 }

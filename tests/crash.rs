@@ -8,12 +8,18 @@
 //! * what is freed: `dlclose` (plugin holding descriptor and code), `dlclose-dep`
 //!   (dlclose that unloads a dependency holding them), `munmap-desc` (a page
 //!   holding the descriptor), `munmap-jit` (an executable page holding a copy of
-//!   the code);
+//!   the code); memory that stays mapped but loses what the kernel reads (issue 10):
+//!   `madvise-dontneed` (the page then reads as zeros: `abort_ip` 0, so the kernel reads
+//!   the signature at address -4), `madvise-free` (zeros once the kernel reclaims the
+//!   page, which the program forces with `MADV_PAGEOUT`: the kernel's own moment, memory
+//!   pressure, cannot be chosen by a test), `madvise-remove` (a shared page, hole
+//!   punched), `mprotect-none` (the page unreadable), `shmdt` (a System V segment, the
+//!   descriptor in its third page, detached by naming its first address);
 //! * the stale thread: blocked in `read`, `spin`ning in user space, `sigblock`
 //!   (every signal blocked, then blocked in read), a glibc `timer` helper thread
 //!   (SIGEV_THREAD callback, then blocked in read);
-//! * how: `plain` dlclose()/munmap() must die with SIGSEGV (so each scenario can
-//!   fail), `rseqrt_dlclose()`/`rseqrt_munmap()` and the plain call under
+//! * how: the `plain` call must die with SIGSEGV (so each scenario can fail),
+//!   `rseqrt_dlclose()`/`rseqrt_munmap()`/`rseqrt_madvise()`/... and the plain call under
 //!   `LD_PRELOAD=librseqrt_preload.so` must exit 0;
 //! * both owner modes: glibc registers (default) and `GLIBC_TUNABLES=glibc.pthread.rseq=0`
 //!   (rseqrt registers; there the plain baseline runs with `librseqrt.so` preloaded,
@@ -149,7 +155,7 @@ fn rows(p: &Programs, mode: Mode) -> Vec<Row> {
         }),
     }
     let lib = &p.lib;
-    // librseqrt.so interposes neither dlclose() nor munmap(): with it
+    // librseqrt.so interposes none of the calls that free: with it
     // loaded (and, under the tunable, registering the threads) a plain
     // call still crashes.
     rows.push(Row {
@@ -238,6 +244,31 @@ fn munmap_of_page_holding_descriptor() {
 #[test]
 fn munmap_of_jit_code() {
     matrix("munmap-jit");
+}
+
+#[test]
+fn madvise_dontneed_of_page_holding_descriptor() {
+    matrix("madvise-dontneed");
+}
+
+#[test]
+fn madvise_free_of_page_holding_descriptor() {
+    matrix("madvise-free");
+}
+
+#[test]
+fn madvise_remove_of_shared_page_holding_descriptor() {
+    matrix("madvise-remove");
+}
+
+#[test]
+fn mprotect_none_of_page_holding_descriptor() {
+    matrix("mprotect-none");
+}
+
+#[test]
+fn shmdt_of_segment_holding_descriptor() {
+    matrix("shmdt");
 }
 
 /// Unloads (rseqrt) each stress run makes; the run must make all of them. A count, not a rate:

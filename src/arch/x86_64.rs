@@ -228,6 +228,9 @@ interpose! {
     "mremap" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "mmap" => [("v2_2_5", "@@GLIBC_2.2.5")],
     "mmap64" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "madvise" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "mprotect" => [("v2_2_5", "@@GLIBC_2.2.5")],
+    "shmdt" => [("v2_2_5", "@@GLIBC_2.2.5")],
 }
 
 #[cfg(feature = "c-library")]

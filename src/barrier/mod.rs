@@ -28,7 +28,8 @@
 //! POSSIBLE: threads whose `rseq_cs` refers to memory that only may be freed get one acknowledged
 //! signal round (see `acked` and [`clear_with_possible`]). UNKNOWN covers threads that the
 //! registry does not know (see `unknown`), and BROADCAST registered threads that block every
-//! signal but glibc's own (a `SIGEV_THREAD` callback): see `broadcast`.
+//! signal but glibc's own (a `SIGEV_THREAD` callback): see `broadcast`. In a `_Fork()` child,
+//! where glibc's broadcast could wait forever, BROADCAST is skipped: only the deadline remains.
 //!
 //! Cost follows the threads that matter: the scan is one load per registered thread; only
 //! threads whose `rseq_cs` refers to the memory get a system call.
@@ -244,10 +245,14 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             if flags & SIGNAL_SAFE != 0 {
                 return Err(Errno(libc::EAGAIN));
             }
-            broadcast::reach_every_libc_thread()?;
-            left = settle(&mut pending[..left], classify);
-            if left == 0 {
-                return Ok(());
+            // In a `_Fork()` child glibc's broadcast could wait forever: go on signalling until
+            // the deadline instead (see `broadcast`).
+            if broadcast::available() {
+                broadcast::reach_every_libc_thread()?;
+                left = settle(&mut pending[..left], classify);
+                if left == 0 {
+                    return Ok(());
+                }
             }
         }
         for s in pending[..left].iter().filter(|_| sig != 0) {

@@ -104,6 +104,11 @@ pub fn cover(
         if flags & SIGNAL_SAFE != 0 {
             return Err(Errno(libc::EAGAIN));
         }
+        if !broadcast::available() {
+            // A `_Fork()` child: glibc's broadcast could wait forever, and nothing else reaches
+            // these threads (see `broadcast`).
+            return Err(Errno(libc::ETIMEDOUT));
+        }
         broadcast::reach_every_libc_thread()?;
     }
     Ok(())
