@@ -306,7 +306,7 @@ fn discarding_calls_fail_safe_and_pass_the_rest_through() {
     let mut f = Vec::new();
     for kind in ["madvise-dontneed", "madvise-free", "madvise-remove", "mprotect-none", "mprotect-exec", "shmdt"] {
         for how in ["api", "shim"] {
-            for mode in MODES {
+            for &mode in modes() {
                 let name = format!("failsafe {kind} {how} [{}]", mode.name());
                 let mut r = suite()
                     .scenario(name, &p.discard, &["failsafe", "rseqrt", kind, how], mode, Expect::Exit(0))

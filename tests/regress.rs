@@ -392,7 +392,7 @@ fn raw_clone_thread_before_a_late_load() {
 fn barrier_in_a_fork_child_ends_with_its_timeout() {
     let p = programs();
     let mut f = Vec::new();
-    for mode in MODES {
+    for &mode in modes() {
         let r = suite()
             .scenario(format!("_Fork child [{}]", mode.name()), &p.fork_child, &["setxid-held", "rseqrt"], mode, Expect::Exit(0))
             .env("RSEQRT_TIMEOUT_MS", "300")
