@@ -35,17 +35,21 @@ static struct rseq_cs_area *_Atomic raw_area;
 static atomic_int raw_state; /* 1 stale and asleep, 2 woken, 3 done, <0 error */
 static int raw_wake;
 static volatile pid_t raw_tid;
+/* The raw thread's area where glibc defines none (only that one thread uses it). */
+static struct rseq_cs_area own_area __attribute__((aligned(32))) = {.cpu_id = (uint32_t)-1};
 
 static int raw_thread(void *arg)
 {
     (void)arg;
-    struct rseq_cs_area *a = rseq_cs_area();
+    /* glibc's area (at __rseq_offset), or where glibc has none (before 2.35) the program's own. */
+    struct rseq_cs_area *a = RSEQ_CS_ABI_DEFINED() ? rseq_cs_area() : &own_area;
     if (syscall(SYS_rseq, a, 32, 0, RSEQ_CS_SIG) != 0) {
+        atomic_store(&raw_area, a);
         atomic_store(&raw_state, -1);
         return 0;
     }
     atomic_store(&raw_area, a);
-    if (rseq_cs_run(counters, page, rseq_cs_own_code()) < 0) {
+    if (((rseq_cs_code_fn)(uintptr_t)rseq_cs_own_code())(a, counters, page) < 0) {
         atomic_store(&raw_state, -2);
         return 0;
     }
@@ -75,7 +79,7 @@ static char thread_state(pid_t tid)
 static void start_raw_thread(void)
 {
     const char *why = NULL;
-    char *ntp = raw_clone_thread_pointer(__rseq_offset, &why);
+    char *ntp = raw_clone_thread_pointer(RSEQ_CS_ABI_DEFINED() ? __rseq_offset : 0, &why);
     size_t stack_len = 256 * 1024;
     char *stack = mmap(NULL, stack_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (!ntp || stack == MAP_FAILED) {

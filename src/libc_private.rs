@@ -50,47 +50,81 @@ fn lookup(libc_handle: *mut libc::c_void, name: &CStr) -> *mut libc::c_void {
     unsafe { libc::dlvsym(libc_handle, name.as_ptr(), c"GLIBC_PRIVATE".as_ptr()) }
 }
 
-/// Looks them all up (constructor time: `dlopen`/`dlvsym` are not async-signal-safe). The
-/// thread-id offset is used only if it gives the calling thread's id, and the lists only if a
-/// walk finds the calling thread at its own descriptor.
-pub fn init() {
+/// Where glibc keeps the facts: addresses of its thread count, of libthread_db's two
+/// descriptors (thread id, list link), and of the heads of its two thread lists.
+struct Facts {
+    count: usize,
+    tid_desc: usize,
+    link_desc: usize,
+    heads: [usize; 2],
+}
+
+/// glibc 2.34 and later: `GLIBC_PRIVATE` symbols of libc.so.6; the list heads are fields of
+/// ld.so's `_rtld_global`, at offsets that libthread_db's descriptors give.
+fn facts_from_libc() -> Option<Facts> {
     // SAFETY: RTLD_NOLOAD only takes a reference to the loaded C library; never closed.
     let libc_handle = unsafe { libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
     if libc_handle.is_null() {
-        return;
+        return None;
     }
-    THREAD_COUNT.store(lookup(libc_handle, c"__nptl_nthreads").cast(), SeqCst);
-    let field = |name: &CStr, want_bits: u32| -> Option<usize> {
-        let desc = lookup(libc_handle, name).cast::<[u32; 3]>();
-        if desc.is_null() {
-            return None;
-        }
-        // SAFETY: libthread_db's descriptor: three 32-bit words (bits, count, offset).
-        let [bits, count, offset] = unsafe { desc.read() };
-        (bits == want_bits && count == 1 && offset < 1 << 16).then_some(offset as usize)
+    let sym = |name: &CStr| lookup(libc_handle, name) as usize;
+    let rtld_global = sym(c"_rtld_global");
+    let used = descriptor_offset(sym(c"_thread_db_rtld_global__dl_stack_used"), 128);
+    let user = descriptor_offset(sym(c"_thread_db_rtld_global__dl_stack_user"), 128);
+    let heads = match (rtld_global, used, user) {
+        (0, _, _) | (_, None, _) | (_, _, None) => [0, 0],
+        (g, Some(used), Some(user)) => [g + used, g + user],
     };
-    if let Some(offset) = field(c"_thread_db_pthread_tid", 32) {
+    Some(Facts {
+        count: sym(c"__nptl_nthreads"),
+        tid_desc: sym(c"_thread_db_pthread_tid"),
+        link_desc: sym(c"_thread_db_pthread_list"),
+        heads,
+    })
+    .filter(|f| f.count != 0 || f.tid_desc != 0)
+}
+
+/// glibc before 2.34: the same facts are local symbols of libpthread.so.0, found in its
+/// `.symtab` (see `symtab`), and the list heads are its own `stack_used` and `__stack_user`.
+fn facts_from_libpthread() -> Option<Facts> {
+    let mut a = [0usize; 5];
+    let names: [&[u8]; 5] = [b"__nptl_nthreads", b"_thread_db_pthread_tid", b"_thread_db_pthread_list", b"stack_used", b"__stack_user"];
+    crate::symtab::lookup(b"/libpthread.so.0", &names, &mut a).then_some(Facts {
+        count: a[0],
+        tid_desc: a[1],
+        link_desc: a[2],
+        heads: [a[3], a[4]],
+    })
+}
+
+/// The byte offset a libthread_db descriptor (three 32-bit words: bits, count, offset) at
+/// `desc` gives, if it describes one field of `want_bits`.
+fn descriptor_offset(desc: usize, want_bits: u32) -> Option<usize> {
+    let [bits, count, offset] = peek::<[u32; 3]>(desc).filter(|_| desc != 0)?;
+    (bits == want_bits && count == 1 && offset < 1 << 16).then_some(offset as usize)
+}
+
+/// Looks them all up (constructor time: `dlopen`/`dlvsym` and the file read are not
+/// async-signal-safe). The thread-id offset is used only if it gives the calling thread's id,
+/// and the lists only if a walk finds the calling thread at its own descriptor.
+pub fn init() {
+    let Some(facts) = facts_from_libc().or_else(facts_from_libpthread) else { return };
+    THREAD_COUNT.store(facts.count as *mut AtomicU32, SeqCst);
+    if let Some(offset) = descriptor_offset(facts.tid_desc, 32) {
         TID_OFFSET.store(offset as isize, Relaxed);
         if current_tid() != Some(platform::gettid()) {
             TID_OFFSET.store(-1, Relaxed);
             return;
         }
     }
-    // A list link is two pointers (128 bits). `_rtld_global` is ld.so's, a dependency of libc.
-    let rtld_global = lookup(libc_handle, c"_rtld_global") as usize;
-    let (Some(used), Some(user), Some(link)) = (
-        field(c"_thread_db_rtld_global__dl_stack_used", 128),
-        field(c"_thread_db_rtld_global__dl_stack_user", 128),
-        field(c"_thread_db_pthread_list", 128),
-    ) else {
-        return;
-    };
-    if rtld_global == 0 {
+    // A list link is two pointers (128 bits).
+    let Some(link) = descriptor_offset(facts.link_desc, 128) else { return };
+    if facts.heads.contains(&0) {
         return;
     }
     LINK_OFFSET.store(link, Relaxed);
-    LIST_HEADS[0].store(rtld_global + used, Relaxed);
-    LIST_HEADS[1].store(rtld_global + user, Relaxed);
+    LIST_HEADS[0].store(facts.heads[0], Relaxed);
+    LIST_HEADS[1].store(facts.heads[1], Relaxed);
     // The calling thread must be found, at its own descriptor.
     let mut own = [0usize];
     find_descriptors(&[platform::gettid()], &mut own);

@@ -209,6 +209,11 @@ pub fn after_fork() {
 }
 
 /// `fstat(2)`.
+/// The size of the file open at `fd`.
+pub fn file_size(fd: i32) -> SysResult<usize> {
+    fstat(fd).map(|st| st.st_size as usize)
+}
+
 fn fstat(fd: i32) -> SysResult<libc::stat> {
     let mut st = core::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: the kernel fills the whole struct on success.

@@ -370,11 +370,14 @@ fn raw_clone_thread_before_a_late_load() {
     let p = programs();
     let lib = path(&p.stage.lib("librseqrt.so"));
     let prog = p.late_clone.as_path();
+    // Before glibc 2.35 the thread registers an area of the program's own, and the late rseqrt
+    // cannot own registration (owner NONE): it must still reach the thread.
+    let (label, owner) = if support::scenario::glibc_registers() { ("glibc-owner", Mode::Glibc.owner()) } else { ("no glibc rseq", 0) };
     let mut f = Vec::new();
-    f.extend(go(suite().scenario("late-clone plain [glibc-owner]".into(), prog, &["plain"], Mode::Glibc, Expect::Segv)));
+    f.extend(go(suite().scenario(format!("late-clone plain [{label}]"), prog, &["plain"], Mode::Glibc, Expect::Segv)));
     f.extend(go(suite()
-        .scenario("late-clone late [glibc-owner]".into(), prog, &["late", lib.as_str()], Mode::Glibc, Expect::Exit(0))
-        .owner(Mode::Glibc.owner())
+        .scenario(format!("late-clone late [{label}]"), prog, &["late", lib.as_str()], Mode::Glibc, Expect::Exit(0))
+        .owner(owner)
         .echo("observed")));
     finish("raw clone() thread before a late load", f);
 }

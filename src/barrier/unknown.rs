@@ -4,13 +4,16 @@
 //!
 //! * a thread that accepts the reserved signal gets it and acknowledges from the handler (the
 //!   acknowledgement table in `signal`), proving the delivery happened after the barrier began;
-//! * a thread that blocks it (glibc's helpers block every signal but glibc's own) is, where glibc
-//!   owns registration, looked up in glibc's own thread list (`libc_private`), and its area read
-//!   there; only if its `rseq_cs` refers to the memory, or it cannot be found, does the barrier
-//!   use glibc's broadcast (`broadcast`), which signals every thread of the process. Where rseqrt
-//!   owns registration glibc's threads have no area, so there is nothing to reach. A raw
-//!   `clone()` thread that blocks the signal with a raw system call cannot be reached at all
-//!   (README).
+//! * a thread that blocks it (glibc's helpers block every signal but glibc's own) is looked up in
+//!   glibc's own thread list (`libc_private`), and its area read there at `__rseq_offset`; only
+//!   if its `rseq_cs` refers to the memory, or it cannot be found, does the barrier use glibc's
+//!   broadcast (`broadcast`), which signals every thread of the process. That holds where rseqrt
+//!   owns registration too: glibc 2.41 registers the threads it starts itself (the `SIGEV_THREAD`
+//!   helper's callbacks) at the `__rseq_offset` that rseqrt defines, even under
+//!   `glibc.pthread.rseq=0` (measured: a callback's rseqrt area read `cpu_id` 1, and the process
+//!   died after a barrier that skipped it). Where rseqrt registers nothing (`all_unknown`), such a
+//!   thread's area may be anywhere: the broadcast. A raw `clone()` thread that blocks the signal
+//!   with a raw system call cannot be reached at all (README).
 //!
 //! Detection costs nothing while glibc's thread count agrees with the registry (`census`);
 //! otherwise one `fstat()` (`platform::thread_count`), and the rest runs only when the process
@@ -76,9 +79,10 @@ pub fn cover(
             return;
         }
         match signal::blocks_reserved(tid) {
-            // Where glibc registers, its area can be read through glibc's thread list: a field
-            // that does not refer to the memory needs nothing (the scan's rule, see `barrier`).
-            Ok(true) if owner == Owner::Libc => {
+            // Its area is at `__rseq_offset` from its thread pointer, read through glibc's thread
+            // list: a field that does not refer to the memory needs nothing (the scan's rule, see
+            // `barrier`).
+            Ok(true) if !all_unknown && owner != Owner::None => {
                 if !blocked_seen {
                     blocked[blocked_count] = tid;
                     blocked_count += 1;
@@ -100,7 +104,7 @@ pub fn cover(
     if !blocked_seen && blocked_count > 0 {
         blocked_seen = needs_broadcast(&blocked[..blocked_count], refers);
     }
-    if blocked_seen && owner == Owner::Libc {
+    if blocked_seen {
         if flags & SIGNAL_SAFE != 0 {
             return Err(Errno(libc::EAGAIN));
         }
