@@ -426,7 +426,7 @@ static void check_values_everywhere(void)
         check(0, "dlopen(libc.so.6, RTLD_NOLOAD): %s", dlerror());
     const ptrdiff_t *g_off = dlsym(libc, "__rseq_offset");
     const unsigned *g_size = dlsym(libc, "__rseq_size");
-#if !__has_include(<sys/rseq.h>) && !defined(RSEQRT_LINKED)
+#if !__has_include(<sys/rseq.h>)
     /* glibc before 2.35 defines none of the names: rseqrt's are the only ones. */
     check(!g_off && !g_size, "glibc %s defines no __rseq_offset/__rseq_size of its own", gnu_get_libc_version());
     return;

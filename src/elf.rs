@@ -81,24 +81,22 @@ struct Elf64Sym {
     st_size: u64,
 }
 
-/// The object that defines `name` first in the main namespace's lookup order, and the address:
-/// what a call through the PLT of a program started normally binds to. Unlike
-/// `dlsym(RTLD_DEFAULT)`, it skips an executable's canonical PLT entry (a non-PIE program that
-/// takes the function's address), which is what ld.so does for the calls themselves.
+/// The object that defines `name` first in the main namespace's lookup order: the one a call
+/// through the PLT of a program started normally binds to. Unlike `dlsym(RTLD_DEFAULT)`, it
+/// skips an executable's canonical PLT entry (a non-PIE program that takes the function's
+/// address), as ld.so does for the calls themselves.
 ///
 /// The link-map chain is the load order: the executable, preloaded objects, then the
 /// breadth-first `DT_NEEDED` closure, then later `RTLD_GLOBAL` loads, as the global scope is.
 /// Call where no object is unloaded concurrently (constructor time).
-pub fn first_definition(name: &[u8]) -> Option<(*const LinkMap, usize)> {
+pub fn first_definer(name: &[u8]) -> Option<*const LinkMap> {
     // SAFETY: `_r_debug` is ld.so's; each map of its list is a loaded object whose dynamic
     // section and symbol tables are mapped (see the function's precondition for unloads).
     unsafe {
         let mut m = (*core::ptr::addr_of!(_r_debug)).r_map;
         while !m.is_null() {
-            if !(*m).l_ld.is_null() {
-                if let Some(addr) = lookup_in(&*m, name) {
-                    return Some((m, addr));
-                }
+            if (*m).defines(name) {
+                return Some(m);
             }
             m = (*m).l_next;
         }
@@ -107,14 +105,12 @@ pub fn first_definition(name: &[u8]) -> Option<(*const LinkMap, usize)> {
 }
 
 /// Whether calls to `name` through the PLT bind to this very object (rseqrt's interposer): its
-/// [`first_definition`] is in the object that defines this copy of `rseqrt_owner`.
+/// [`first_definer`] is the object whose dynamic section is this one's. (Not compared by a
+/// function address: a program that takes that function's address turns it into its own
+/// canonical PLT entry.)
 pub fn calls_bind_here(name: &[u8]) -> bool {
-    let own = crate::capi::rseqrt_owner as extern "C" fn() -> core::ffi::c_int as usize;
-    match first_definition(name) {
-        // SAFETY: a map of the loaded-object list (see `first_definition`).
-        Some((map, _)) => (unsafe { (*map).lookup(b"rseqrt_owner") }) == Some(own),
-        None => false,
-    }
+    // SAFETY: a map of the loaded-object list (see `first_definer`).
+    first_definer(name).is_some_and(|m| unsafe { (*m).l_ld } as usize == crate::arch::own_dynamic_section())
 }
 
 pub const DT_NULL: i64 = 0;
@@ -161,6 +157,16 @@ impl LinkMap {
     pub unsafe fn lookup(&self, name: &[u8]) -> Option<usize> {
         // SAFETY: forwarded precondition.
         unsafe { lookup_in(self, name) }
+    }
+
+    /// Whether this object defines `name` (one without a dynamic section defines nothing:
+    /// [`LinkMap::dyn_val`] finds no tables there).
+    ///
+    /// # Safety
+    /// As for [`LinkMap::lookup`].
+    pub unsafe fn defines(&self, name: &[u8]) -> bool {
+        // SAFETY: forwarded precondition.
+        unsafe { lookup_in(self, name) }.is_some()
     }
 }
 
@@ -271,4 +277,3 @@ fn sysv_hash_of(name: &[u8]) -> u32 {
     }
     h
 }
-

@@ -291,6 +291,21 @@ pub fn current_tid() -> Option<i32> {
 mod tests {
     use super::*;
 
+    /// On every glibc of the matrix the facts are found for this very process: from libc.so.6
+    /// (2.34+) or from libpthread.so.0's symbol table (before 2.34), and a walk finds the
+    /// calling thread at its own descriptor.
+    #[test]
+    fn facts_found_for_this_glibc() {
+        init();
+        let count = thread_count();
+        let mut own = [0usize];
+        find_descriptors(&[platform::gettid()], &mut own);
+        println!("glibc thread count {count:?}, tid offset {}, own descriptor {:#x}", TID_OFFSET.load(Relaxed), own[0]);
+        assert!(count.is_some_and(|n| n >= 1), "glibc's thread count not found");
+        assert!(TID_OFFSET.load(Relaxed) > 0, "the thread-id offset not found or not confirmed");
+        assert_eq!(own[0], pthread_self_addr(), "the calling thread not found in glibc's lists");
+    }
+
     const TID_AT: usize = 720;
     const LINK_AT: usize = 704;
 

@@ -134,18 +134,16 @@ fn take_from_glibc(sig: c_int) {
 /// the bottom reached a middle one).
 #[no_mangle]
 pub extern "C" fn rseqrt_interpose___libc_current_sigrtmin() -> c_int {
-    let ours = chosen();
-    let lo = glibc_range().0;
-    if Some(lo) == ours { lo + 1 } else { lo }
+    let lo = glibc_bound(&GLIBC_SIGRTMIN).unwrap_or(INITIAL_RANGE.0);
+    if Some(lo) == chosen() { lo + 1 } else { lo }
 }
 
 /// `__libc_current_sigrtmax()` (what `SIGRTMAX` reads): glibc's, one less while the reserved
 /// signal is its highest (as for `SIGRTMIN`).
 #[no_mangle]
 pub extern "C" fn rseqrt_interpose___libc_current_sigrtmax() -> c_int {
-    let ours = chosen();
-    let hi = glibc_range().1;
-    if Some(hi) == ours { hi - 1 } else { hi }
+    let hi = glibc_bound(&GLIBC_SIGRTMAX).unwrap_or(INITIAL_RANGE.1);
+    if Some(hi) == chosen() { hi - 1 } else { hi }
 }
 
 /// `__libc_allocate_rtsig(high)`: glibc's, never handing out the reserved signal (it skips it

@@ -485,3 +485,32 @@ fn environment_ignored_in_secure_mode() {
     let want = format!("rseqrt_owner={default_owner} signal=64 secure=1 uid=65534 euid=0");
     assert!(secure.success() && secure.stdout.contains(&want), "secure-mode run: want {want}\n{secure}");
 }
+
+/// A non-PIE program that takes the addresses of `pthread_create` and `rseqrt_owner` (canonical
+/// PLT entries in the executable: `dlsym` and every GOT then name the program's stubs) still gets
+/// rseqrt's registration where glibc does not register. Before the link-map check, rseqrt took
+/// itself for loaded too late and registered nothing (owner 0; seen on Debian 11's toolchain
+/// for `pthread_create`, and for `rseqrt_owner` by review).
+#[test]
+fn canonical_plt_entries_do_not_hide_rseqrt() {
+    let (cflags, libs) = stage().rseqrt_flags();
+    let program = compile(
+        &CompileSpec::new("abi_address_taken", &[support::c_test_source("abi_address_taken.c")])
+            .cflags(WARNINGS)
+            .cflags(&["-no-pie", "-fno-pic"])
+            .cflags(&cflags)
+            .libs(&["-no-pie"])
+            .libs(&libs),
+    );
+    let env: &[(&str, &str)] = if support::scenario::glibc_registers() {
+        &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0"), ("RSEQRT_REGISTER", "1")]
+    } else {
+        &[]
+    };
+    let result = run(&program, &[], env, TIMEOUT);
+    println!("{}", result.stdout.trim());
+    assert!(
+        result.success() && support::scenario::reported_owner(&result.stdout) == Some(2) && !result.stdout.contains("cpu -"),
+        "want rseqrt_owner=2 and a registered thread\n{result}"
+    );
+}

@@ -116,11 +116,11 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         return Err(Errno(libc::EINVAL));
     }
     let owner = state::owner();
-    // rseqrt registered nothing. Where rseq itself is unavailable, nobody did; where rseqrt was
-    // loaded too late to own registration, another library may have: treat every thread as
-    // unknown.
-    let late = state::none_reason().is_some();
-    if owner == Owner::None && !late {
+    // rseqrt registered nothing. Where rseq itself is unavailable, nobody did; where rseqrt
+    // declined or was loaded too late, the program or another library may have, at addresses
+    // rseqrt cannot see: treat every thread as unknown.
+    let areas_unknown = state::none_reason().is_some();
+    if owner == Owner::None && !areas_unknown {
         return Ok(());
     }
     let mut classify = Classifier::new(target);
@@ -167,7 +167,7 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         result?;
         rounds.flush()?;
     }
-    unknown::cover(&guard, owner, flags, late, deadline_ns, &mut |value| classify.refers(value) || classify_possible.refers(value))
+    unknown::cover(&guard, owner, flags, areas_unknown, deadline_ns, &mut |value| classify.refers(value) || classify_possible.refers(value))
 }
 
 /// The calling thread clears its own field directly: it is in user space, so its kernel is not

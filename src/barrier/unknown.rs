@@ -55,7 +55,9 @@ pub fn cover(
         return Ok(());
     }
     // Known first: a thread that registers between the two reads then errs towards the slow path.
-    let known_count = if all_unknown { 0 } else { registry::known_threads() };
+    // With every thread unknown, the caller alone (which cleared its own field) needs nothing:
+    // a single-threaded process stops at the count.
+    let known_count = if all_unknown { 1 } else { registry::known_threads() };
     if platform::thread_count().is_ok_and(|n| n <= known_count) {
         return Ok(());
     }

@@ -10,7 +10,7 @@
 //! glibc 2.35+ defines them in `ld-linux-x86-64.so.2`.
 
 use crate::arch;
-use crate::elf::{_r_debug, LinkMap};
+use crate::elf::_r_debug;
 use core::ptr;
 
 /// glibc's three values.
@@ -75,18 +75,17 @@ pub fn next_definition(name: &[u8]) -> usize {
             }
             if !m.is_null() {
                 let own_map = m;
-                let skip = |m: *const LinkMap| m == own_map || (main && m == head);
                 let mut after = (*own_map).l_next;
                 while !after.is_null() {
-                    if let Some(a) = defined_in(after, name) {
+                    if let Some(a) = (*after).lookup(name) {
                         return a;
                     }
                     after = (*after).l_next;
                 }
                 let mut before = head;
                 while !before.is_null() && before != own_map {
-                    if !skip(before) {
-                        if let Some(a) = defined_in(before, name) {
+                    if !(main && before == head) {
+                        if let Some(a) = (*before).lookup(name) {
                             return a;
                         }
                     }
@@ -99,13 +98,4 @@ pub fn next_definition(name: &[u8]) -> usize {
         }
     }
     0
-}
-
-/// `name` in the loaded object `m`, if it defines it.
-///
-/// # Safety
-/// `m` must be a live element of one of the dynamic linker's lists.
-unsafe fn defined_in(m: *const LinkMap, name: &[u8]) -> Option<usize> {
-    // SAFETY: the caller guarantees `m` is loaded, so its tables are mapped.
-    unsafe { (!(*m).l_ld.is_null()).then(|| (*m).lookup(name)).flatten() }
 }

@@ -26,36 +26,33 @@ use crate::state::{self, NoneReason, Owner};
 pub extern "C" fn resolve() -> extern "C" fn() {
     let glibc = ldso::glibc_rseq_exports();
     let kernel = auxv::rseq_features();
-    let settings = environ::owner_settings(kernel.secure);
-    // Where glibc does not register: the program's own wish comes first (see `environ`).
-    let declined = match settings {
+    // Where glibc does not register, the program's own wish comes first (see `environ`).
+    let declined = match environ::owner_settings(kernel.secure) {
         environ::OwnerSettings { register: Some(false), .. } => Some(NoneReason::Disabled),
         environ::OwnerSettings { glibc_rseq_off: true, register: None, .. } => Some(NoneReason::ProgramRegisters),
         _ => None,
     };
-    let glibc_registers = glibc.is_some_and(|g| g.size > 0);
-    // Where neither glibc nor rseqrt registers although the kernel could: say why.
-    let declined = declined.filter(|_| !glibc_registers && kernel_has_rseq());
-    let (owner, offset, size) = match glibc {
-        Some(g) if g.size > 0 => (Owner::Libc, g.offset, g.size),
-        _ if declined.is_some() => (Owner::None, glibc.map_or(arch::tls_area_offset(), |g| g.offset), 0),
-        _ if kernel_has_rseq() => {
+    // Unavailable or declined: keep glibc's offset (its area reads cpu_id -2), or our own TLS
+    // area, whose initial image also reads -2.
+    let unowned_offset = glibc.map_or(arch::tls_area_offset(), |g| g.offset);
+    let (owner, offset, size, reason) = match glibc {
+        Some(g) if g.size > 0 => (Owner::Libc, g.offset, g.size, None),
+        _ if !kernel_has_rseq() => (Owner::None, unowned_offset, 0, None),
+        _ if declined.is_some() => (Owner::None, unowned_offset, 0, declined),
+        _ => {
             let size = match kernel.feature_size {
                 0 => ORIGINAL_FEATURE_SIZE,
                 n => n.min(self_area_length(kernel)),
             };
-            (Owner::SelfOwned, arch::tls_area_offset(), size)
+            (Owner::SelfOwned, arch::tls_area_offset(), size, None)
         }
-        // Unavailable: keep glibc's offset (its area reads cpu_id -2), or our own TLS area,
-        // whose initial image also reads -2.
-        _ => (Owner::None, glibc.map_or(arch::tls_area_offset(), |g| g.offset), 0),
     };
     let reg_len = match owner {
         // glibc registers max(__rseq_size, 32) bytes.
         Owner::Libc => size.max(ORIGINAL_AREA_LENGTH),
         _ => self_area_length(kernel),
     };
-    if let Some(reason) = declined {
+    if let Some(reason) = reason {
         state::set_none_reason(reason);
     }
     crate::rtsig::find_glibc(ldso::next_definition);
