@@ -832,7 +832,7 @@ static struct rseq_cs_area *_Atomic raw_area;
 
 static int raw_unknown; /* register with the raw system call, block nothing: unknown to rseqrt */
 /* What starts the raw thread: clone() unless a scenario says otherwise. */
-static int (*raw_starter)(int (*)(void *), void *, int, void *, ...) = clone;
+static raw_clone_starter raw_starter = clone;
 extern int __clone(int (*fn)(void *), void *stack, int flags, void *arg, ...);
 
 static int raw_thread(void *arg)
@@ -867,15 +867,9 @@ static int raw_thread(void *arg)
 static void start_raw_thread(void)
 {
     const char *why = NULL;
-    char *ntp = raw_clone_thread_pointer((char *)rseqrt_current_area() - (char *)thread_pointer(), &why);
-    if (!ntp)
-        die(2, "raw thread: %s", why);
-    size_t stack_len = 256 * 1024;
-    char *stack = map_pages(stack_len / pagesz);
-    int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
-                CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
-    if (raw_starter(raw_thread, stack + stack_len - 64, flags, NULL, &raw_ctid, ntp, &raw_ctid) < 0)
-        die(2, "clone: %s", strerror(errno));
+    if (raw_clone_start(raw_starter, raw_thread, (char *)rseqrt_current_area() - (char *)thread_pointer(), &raw_ctid,
+                        &why) != 0)
+        die(2, "raw thread: %s: %s", why, strerror(errno));
     double t0 = now_ms();
     while (atomic_load(&raw_state) == 0) {
         if (now_ms() - t0 > 5000)
@@ -969,7 +963,7 @@ static void sc_rawunknown_deepbind(const char *plugin)
     if (!start)
         die(2, "dlopen(%s, RTLD_DEEPBIND): %s", plugin, dlerror());
     check(start != (void *)clone, "the plugin's clone() wrapper is not the program's clone()");
-    raw_starter = (int (*)(int (*)(void *), void *, int, void *, ...))start;
+    raw_starter = (raw_clone_starter)start;
     sc_rawunknown();
 }
 

@@ -105,18 +105,9 @@ static int raw_thread(void *arg)
 
 static void start_raw_thread(void)
 {
-    char *tp;
-    __asm__("mov %%fs:0, %0" : "=r"(tp));
     const char *why = NULL;
-    char *ntp = raw_clone_thread_pointer((char *)rseqrt_current_area() - tp, &why);
-    if (!ntp)
-        die(2, "raw thread: %s", why);
-    size_t stack_len = 256 * 1024;
-    char *stack = map_pages(stack_len / pagesz);
-    int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
-                CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
-    if (clone(raw_thread, stack + stack_len - 64, flags, NULL, &raw_ctid, ntp, &raw_ctid) < 0)
-        die(2, "clone: %s", strerror(errno));
+    if (raw_clone_start(clone, raw_thread, (char *)rseqrt_current_area() - thread_pointer(), &raw_ctid, &why) != 0)
+        die(2, "raw thread: %s: %s", why, strerror(errno));
     double t0 = now_ms();
     while (atomic_load(&raw_state) == 0) {
         if (now_ms() - t0 > 5000)

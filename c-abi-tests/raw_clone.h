@@ -12,6 +12,7 @@
 #define RAW_CLONE_H
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -62,6 +63,33 @@ static inline char *raw_clone_thread_pointer(ptrdiff_t area_offset, const char *
     memset(a, 0, sizeof *a);
     a->cpu_id = (uint32_t)-1;
     return ntp;
+}
+
+/* The C library's clone(), or another way to it (__clone, a dlsym'd entry). */
+typedef int (*raw_clone_starter)(int (*)(void *), void *, int, void *, ...);
+
+/* Starts FN on a raw CLONE_THREAD thread through STARTER, with a 256 KiB stack and a
+ * thread-pointer block of its own (raw_clone_thread_pointer(AREA_OFFSET)); its id lands in
+ * *CTID, which the kernel clears when it exits. Returns 0, or -1 with *WHY naming what failed. */
+static inline int raw_clone_start(raw_clone_starter starter, int (*fn)(void *), ptrdiff_t area_offset,
+                                  volatile pid_t *ctid, const char **why)
+{
+    char *ntp = raw_clone_thread_pointer(area_offset, why);
+    if (!ntp)
+        return -1;
+    size_t stack_len = 256 * 1024;
+    char *stack = mmap(NULL, stack_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (stack == MAP_FAILED) {
+        *why = "mmap of the stack";
+        return -1;
+    }
+    int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM | CLONE_SETTLS |
+                CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
+    if (starter(fn, stack + stack_len - 64, flags, NULL, ctid, ntp, ctid) < 0) {
+        *why = "clone";
+        return -1;
+    }
+    return 0;
 }
 
 /* A raw thread sleeps in the kernel until *WORD is set, with no C library call in between (it

@@ -79,17 +79,8 @@ static char thread_state(pid_t tid)
 static void start_raw_thread(void)
 {
     const char *why = NULL;
-    char *ntp = raw_clone_thread_pointer(RSEQ_CS_ABI_DEFINED() ? __rseq_offset : 0, &why);
-    size_t stack_len = 256 * 1024;
-    char *stack = mmap(NULL, stack_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (!ntp || stack == MAP_FAILED) {
-        printf("raw thread: %s: %s\n", ntp ? "mmap" : why, strerror(errno));
-        exit(2);
-    }
-    int flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
-                CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
-    if (clone(raw_thread, stack + stack_len - 64, flags, NULL, &raw_tid, ntp, &raw_tid) < 0) {
-        printf("clone: %s\n", strerror(errno));
+    if (raw_clone_start(clone, raw_thread, RSEQ_CS_ABI_DEFINED() ? __rseq_offset : 0, &raw_tid, &why) != 0) {
+        printf("raw thread: %s: %s\n", why, strerror(errno));
         exit(2);
     }
     while (atomic_load(&raw_state) == 0)

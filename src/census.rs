@@ -78,13 +78,15 @@ pub fn init() {
 pub fn init() {}
 
 /// Called by rseqrt's `clone()`/`__clone()` interposer (`arch`) with the caller's first three
-/// arguments: for a `CLONE_THREAD` clone, notes that an uncounted thread may now exist; returns
+/// arguments: for a `CLONE_THREAD` clone, notes that an uncounted thread may now exist (unless
+/// it is glibc's own `pthread_create` at work: before glibc 2.34, libpthread reaches libc's
+/// `__clone` through the PLT, so every thread it starts, counted by glibc, passes here); returns
 /// the C library's `clone()` to jump to (or a stub that fails with ENOSYS when there is none).
 /// Async-signal-safe once the constructor has run (before it, the first call resolves the entry
 /// with `dlsym`).
 #[cfg(feature = "c-library")]
-pub extern "C" fn clone_target(_start: usize, _stack: usize, flags: libc::c_int) -> usize {
-    if flags & libc::CLONE_THREAD != 0 {
+pub extern "C" fn clone_target(start: usize, _stack: usize, flags: libc::c_int) -> usize {
+    if flags & libc::CLONE_THREAD != 0 && !libc_private::is_glibc_thread_start(start) {
         note_uncounted_thread();
     }
     match crate::real::CLONE.get() {

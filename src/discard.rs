@@ -46,20 +46,13 @@ pub fn discards(advice: i32) -> bool {
     )
 }
 
-/// Whether the kernel would act on `[addr, addr + len)`: a page-aligned address and a non-zero
-/// length whose page-rounded end does not overflow (else it fails or does nothing, alone).
-fn acts_on(addr: usize, len: usize) -> bool {
-    const PAGE: usize = 4096;
-    addr % PAGE == 0 && len != 0 && addr.checked_add(len).and_then(|e| e.checked_add(PAGE - 1)).is_some()
-}
-
 /// `madvise(addr, len, advice)` after the barrier over the range's pages when `advice`
 /// discards their contents; when the barrier fails, nothing is done.
 ///
 /// # Safety
 /// As for `madvise(2)`: with an advice that discards, nothing may rely on the range's contents.
 pub unsafe fn madvise(addr: usize, len: usize, advice: i32) -> Result<(), Errno> {
-    if discards(advice) && acts_on(addr, len) {
+    if discards(advice) && crate::unmap::kernel_acts_on(addr, len) {
         barrier::clear(&[page_range(addr, len)], 0)?;
     }
     // SAFETY: the caller's request (see the function's contract).
@@ -72,7 +65,7 @@ pub unsafe fn madvise(addr: usize, len: usize, advice: i32) -> Result<(), Errno>
 /// # Safety
 /// As for `mprotect(2)`: nothing may access the range in a way `prot` no longer allows.
 pub unsafe fn mprotect(addr: usize, len: usize, prot: i32) -> Result<(), Errno> {
-    if prot & libc::PROT_READ == 0 && acts_on(addr, len) {
+    if prot & libc::PROT_READ == 0 && crate::unmap::kernel_acts_on(addr, len) {
         if prot & (libc::PROT_GROWSDOWN | libc::PROT_GROWSUP) != 0 {
             barrier::clear_all(0)?;
         } else {

@@ -26,6 +26,10 @@ use core::sync::atomic::{AtomicI32, AtomicIsize, AtomicPtr, AtomicU32, AtomicUsi
 static THREAD_COUNT: AtomicPtr<AtomicU32> = AtomicPtr::new(core::ptr::null_mut());
 /// Byte offset of the thread id in glibc's thread descriptor, or -1.
 static TID_OFFSET: AtomicIsize = AtomicIsize::new(-1);
+/// glibc's `start_thread`, the function each thread its `pthread_create` starts runs first, where
+/// a clone through rseqrt's interposer can start it (before glibc 2.34: libpthread calls libc's
+/// `__clone`); 0: unknown.
+static GLIBC_START_THREAD: AtomicUsize = AtomicUsize::new(0);
 /// Addresses of the heads of glibc's two thread lists (0: unknown).
 static LIST_HEADS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 /// Byte offset of the list link in glibc's thread descriptor.
@@ -87,9 +91,12 @@ fn facts_from_libc() -> Option<Facts> {
 /// glibc before 2.34: the same facts are local symbols of libpthread.so.0, found in its
 /// `.symtab` (see `symtab`), and the list heads are its own `stack_used` and `__stack_user`.
 fn facts_from_libpthread() -> Option<Facts> {
-    let mut a = [0usize; 5];
-    let names: [&[u8]; 5] = [b"__nptl_nthreads", b"_thread_db_pthread_tid", b"_thread_db_pthread_list", b"stack_used", b"__stack_user"];
-    crate::symtab::lookup(b"/libpthread.so.0", &names, &mut a).then_some(Facts {
+    let mut a = [0usize; 6];
+    let names: [&[u8]; 6] =
+        [b"__nptl_nthreads", b"_thread_db_pthread_tid", b"_thread_db_pthread_list", b"stack_used", b"__stack_user", b"start_thread"];
+    let found = crate::symtab::lookup(b"/libpthread.so.0", &names, &mut a);
+    GLIBC_START_THREAD.store(a[5], Relaxed);
+    found.then_some(Facts {
         count: a[0],
         tid_desc: a[1],
         link_desc: a[2],
@@ -137,6 +144,12 @@ pub fn init() {
 fn pthread_self_addr() -> usize {
     // SAFETY: pthread_self has no precondition.
     unsafe { libc::pthread_self() as usize }
+}
+
+/// Whether `start`, the function a `CLONE_THREAD` clone starts, is glibc's `start_thread`: the
+/// thread is one of glibc's `pthread_create`, which glibc counts. Async-signal-safe: one load.
+pub fn is_glibc_thread_start(start: usize) -> bool {
+    start != 0 && start == GLIBC_START_THREAD.load(Relaxed)
 }
 
 /// Reads a `T` at `addr` of this process, or `None` if that memory is not mapped.

@@ -27,7 +27,7 @@
 use crate::barrier::{self, Range};
 use crate::platform::{self, Errno, SysResult};
 
-const PAGE: usize = 4096;
+use crate::unmap::PAGE;
 
 /// What `shmdt(addr)` will unmap, as far as `/proc/self/maps` tells.
 #[derive(Debug, PartialEq)]

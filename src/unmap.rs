@@ -40,7 +40,14 @@ pub fn note_startup_objects() {
 }
 
 /// The page size used to round lengths: the kernel frees whole pages.
-const PAGE: usize = 4096;
+pub const PAGE: usize = 4096;
+
+/// Whether the kernel would act on `[addr, addr + len)` (munmap, madvise, mprotect): a
+/// page-aligned address and a non-zero length whose page-rounded end does not overflow; else the
+/// call fails with EINVAL or does nothing.
+pub fn kernel_acts_on(addr: usize, len: usize) -> bool {
+    addr % PAGE == 0 && len != 0 && addr.checked_add(len).and_then(|e| e.checked_add(PAGE - 1)).is_some()
+}
 
 /// `[addr, addr + len)` widened to whole pages, as the kernel treats it.
 pub fn page_range(addr: usize, len: usize) -> Range {
@@ -51,7 +58,7 @@ pub fn page_range(addr: usize, len: usize) -> Range {
 /// would reject are rejected first, with its errno (EINVAL), and nothing is freed if the barrier
 /// fails.
 pub fn munmap(addr: *mut c_void, len: usize) -> Result<(), Errno> {
-    if len == 0 || addr as usize % PAGE != 0 || (addr as usize).checked_add(len).is_none() {
+    if !kernel_acts_on(addr as usize, len) {
         return Err(Errno(libc::EINVAL));
     }
     barrier::clear(&[page_range(addr as usize, len)], 0)?;

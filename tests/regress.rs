@@ -7,7 +7,7 @@
 //! the `rseqrt` (or `preload`) row must exit 0.
 //!
 //! Each of these tests failed on the library before the fixes. To see that, point the tests at
-//! an older staged build: `RSEQRT_REGRESS_STAGE=/path/to/old/build/stage cargo test --release
+//! an older staged build: `RSEQRT_STAGE=/path/to/old/build/stage cargo test --release
 //! --test regress` (the programs are then compiled and run against that tree).
 
 mod support;
@@ -49,27 +49,10 @@ struct Programs {
     fork_child: PathBuf,
 }
 
-/// The staged tree the programs are built and run against: `make stage`'s, or the one named by
-/// `RSEQRT_REGRESS_STAGE` (an older build, to watch these tests fail there).
-fn the_stage() -> &'static Stage {
-    match std::env::var_os("RSEQRT_REGRESS_STAGE") {
-        Some(prefix) => {
-            let prefix = PathBuf::from(prefix);
-            Box::leak(Box::new(Stage {
-                lib_dir: prefix.join("lib"),
-                include_dir: prefix.join("include"),
-                pkgconfig_dir: prefix.join("lib").join("pkgconfig"),
-                prefix,
-            }))
-        }
-        None => stage(),
-    }
-}
-
 fn programs() -> &'static Programs {
     static P: OnceLock<Programs> = OnceLock::new();
     P.get_or_init(|| {
-        let stage = the_stage();
+        let stage = stage();
         let (cflags, libs) = stage.rseqrt_flags();
         let src = c_test_source;
         let warn = ["-Wall", "-Wextra", "-Werror"];

@@ -8,7 +8,7 @@
 //!
 //! Before the change every rseqrt row failed (SIGRTMAX read 64 with rseqrt holding 64, and
 //! `__libc_allocate_rtsig()` handed out the reserved signal). To see that, point the suite at an
-//! older staged build: `RSEQRT_REGRESS_STAGE=/path/to/old/build/stage cargo test --release --test
+//! older staged build: `RSEQRT_STAGE=/path/to/old/build/stage cargo test --release --test
 //! signal_range`.
 
 mod support;
@@ -30,26 +30,10 @@ struct Programs {
     linked: PathBuf,
 }
 
-/// `make stage`'s tree, or the one named by `RSEQRT_REGRESS_STAGE` (an older build).
-fn the_stage() -> &'static Stage {
-    match std::env::var_os("RSEQRT_REGRESS_STAGE") {
-        Some(prefix) => {
-            let prefix = PathBuf::from(prefix);
-            Box::leak(Box::new(Stage {
-                lib_dir: prefix.join("lib"),
-                include_dir: prefix.join("include"),
-                pkgconfig_dir: prefix.join("lib").join("pkgconfig"),
-                prefix,
-            }))
-        }
-        None => stage(),
-    }
-}
-
 fn programs() -> &'static Programs {
     static P: OnceLock<Programs> = OnceLock::new();
     P.get_or_init(|| {
-        let stage = the_stage();
+        let stage = stage();
         let (cflags, libs) = stage.rseqrt_flags();
         let warn = ["-Wall", "-Wextra", "-Werror"];
         let early = compile(
@@ -146,7 +130,7 @@ fn bash(script: &str, env: &[(&str, &str)]) -> String {
 /// signal it does not use. A bash that names them at run time (5.3) needs nothing.
 #[test]
 fn bash_trap_on_rtmax() {
-    let stage = the_stage();
+    let stage = stage();
     let preload = preload_lib(stage);
     let want = "got\nafter\n";
     let plain = bash(BASH_TRAP, &[]);

@@ -85,8 +85,9 @@ pub fn stage() -> &'static Stage {
     static STAGE: OnceLock<Result<Stage, String>> = OnceLock::new();
     let result = STAGE.get_or_init(|| {
         let root = repo_root();
-        // RSEQRT_STAGE: an installed tree made elsewhere (an unpacked `make dist` tarball),
-        // tested as it is; otherwise this tree's `make stage`.
+        // RSEQRT_STAGE: an installed tree made elsewhere, tested as it is (an unpacked `make
+        // dist` tarball, or an older build to watch a regression test fail there); otherwise
+        // this tree's `make stage`.
         let prefix = match std::env::var_os("RSEQRT_STAGE") {
             Some(dir) => PathBuf::from(dir),
             None => {
