@@ -37,13 +37,10 @@ static LINK_OFFSET: AtomicUsize = AtomicUsize::new(0);
 /// Descriptors found by earlier walks, by thread id: a hint, used only after the same check as
 /// a node of a walk ([`is_descriptor_of`]). Forgotten in a `fork()` child ([`after_fork`]), where
 /// glibc drops descriptors from its lists without clearing their ids, and in any other process
-/// than the one they were taken in ([`HINT_PID`]).
+/// than the one the registry describes (`registry::describes_another_process`).
 const HINTS: usize = 16;
 static HINT_TID: [AtomicI32; HINTS] = [const { AtomicI32::new(0) }; HINTS];
 static HINT_DESCRIPTOR: [AtomicUsize; HINTS] = [const { AtomicUsize::new(0) }; HINTS];
-/// The process the hints were taken in: a child of `_Fork()` or of a raw fork runs no fork
-/// handlers, and there the parent's descriptors stay on glibc's lists with their ids.
-static HINT_PID: AtomicI32 = AtomicI32::new(0);
 /// Steps a walk of one list may take.
 const MAX_WALK: usize = 1 << 16;
 /// `found` entry of a thread id that matched two descriptors: trusted for neither.
@@ -181,8 +178,9 @@ fn is_descriptor_of(pd: usize, tid: i32) -> bool {
 fn find_descriptors(tids: &[i32], found: &mut [usize]) {
     let Ok(tid_offset) = usize::try_from(TID_OFFSET.load(Relaxed)) else { return };
     let hint_of = |tid: i32| tid as u32 as usize % HINTS;
-    let pid = platform::getpid();
-    if HINT_PID.swap(pid, Relaxed) != pid {
+    // A child of `_Fork()` or of a raw fork runs no fork handlers and keeps the parent's
+    // descriptors, ids intact, on glibc's lists: no hint taken in the parent counts there.
+    if crate::registry::describes_another_process() {
         after_fork();
     }
     let mut missing = false;

@@ -332,35 +332,63 @@ pub fn blocked_signals(tid: i32) -> SysResult<u64> {
     result
 }
 
-/// Scans `fd` for the line `SigBlk:\t<16 hex digits>` through a 256-byte window, carrying the
-/// last 64 bytes over between reads (more than the key and its value), so the line is found
-/// wherever the reads cut the file.
+/// The value of the line `SigBlk:\t<16 hex digits>` of the `status` file open at `fd`, wherever
+/// the reads cut the file.
 fn find_sigblk(fd: i32) -> SysResult<u64> {
-    const KEY: &[u8] = b"\nSigBlk:";
-    const VALUE: usize = 18; // tab, 16 hex digits, newline
-    const CARRY: usize = 64;
+    // Lines of `status` are short; a longer one (a long `Groups:` list) is only cut.
     let mut buf = [0u8; 256];
-    let mut have = 0;
-    let mut eof = false;
-    loop {
-        if let Some(at) = buf[..have].windows(KEY.len()).position(|w| w == KEY) {
-            let start = at + KEY.len();
-            if have - start >= VALUE || eof {
-                let mut hex = buf[start..have].iter().skip_while(|b| b.is_ascii_whitespace()).take_while(|b| b.is_ascii_hexdigit());
-                return hex.try_fold(0u64, |acc, &d| Some(acc << 4 | (d as char).to_digit(16)? as u64)).ok_or(Errno(libc::EIO));
-            }
-            // The value is cut: keep the key and read on.
-            buf.copy_within(at..have, 0);
-            have -= at;
-        } else if eof {
-            return Err(Errno(libc::EIO));
-        } else if have > CARRY {
-            buf.copy_within(have - CARRY..have, 0);
-            have = CARRY;
+    let mut found = None;
+    for_each_line(fd, &mut buf, |line| {
+        if let Some(value) = line.strip_prefix(b"SigBlk:") {
+            found = parse_hex(value.trim_ascii());
         }
-        // SAFETY: the rest of `buf`, a live local.
+    })?;
+    found.ok_or(Errno(libc::EIO))
+}
+
+/// Calls `f` with each line of the file open at `fd` (without its newline), read through `buf`
+/// (the caller's, on its stack: no allocation; async-signal-safe). A line longer than `buf` is
+/// handed over cut to its length (in `/proc` files the fields come first; only a long path or
+/// list is lost).
+pub fn for_each_line(fd: i32, buf: &mut [u8], mut f: impl FnMut(&[u8])) -> SysResult<()> {
+    let mut have = 0;
+    // The rest of a cut line is being skipped.
+    let mut skipping = false;
+    loop {
+        // SAFETY: the free part of `buf`, a live local.
         let n = unsafe { read(fd, buf[have..].as_mut_ptr(), buf.len() - have) }?;
-        eof = n == 0;
         have += n;
+        let mut start = 0;
+        while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
+            if !skipping {
+                f(&buf[start..start + nl]);
+            }
+            skipping = false;
+            start += nl + 1;
+        }
+        if n == 0 {
+            if start < have && !skipping {
+                f(&buf[start..have]);
+            }
+            return Ok(());
+        }
+        if start == 0 && have == buf.len() {
+            if !skipping {
+                f(&buf[..have]);
+            }
+            skipping = true;
+            have = 0;
+        } else {
+            buf.copy_within(start..have, 0);
+            have -= start;
+        }
     }
+}
+
+/// A hexadecimal number of at most 16 digits (as `/proc` prints them), or `None`.
+pub fn parse_hex(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &d| Some(acc << 4 | (d as char).to_digit(16)? as u64))
 }

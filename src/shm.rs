@@ -25,7 +25,7 @@
 //! as raw system calls, a 1 KiB buffer on the stack, released before the barrier runs).
 
 use crate::barrier::{self, Range};
-use crate::platform::{self, Errno, SysResult};
+use crate::platform::{self, Errno};
 
 use crate::unmap::PAGE;
 
@@ -63,7 +63,8 @@ fn detaches(addr: usize) -> Detaches {
     let Ok(fd) = platform::open_read(b"/proc/self/maps\0") else { return Detaches::Unknown };
     let mut found: Option<(u64, u64, Range)> = None; // (device, inode, covered range)
     let mut unparsed = false;
-    let read = for_each_line(fd, |line| {
+    let mut buf = [0u8; 1024];
+    let read = platform::for_each_line(fd, &mut buf, |line| {
         let Some(m) = Mapping::parse(line) else {
             unparsed = true;
             return;
@@ -103,17 +104,17 @@ impl Mapping {
         let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
         let (start, end) = split_at(fields.next()?, b'-')?;
         let _perms = fields.next()?;
-        let offset = hex(fields.next()?)?;
+        let offset = platform::parse_hex(fields.next()?)?;
         let (major, minor) = split_at(fields.next()?, b':')?;
         let inode = fields.next()?.iter().try_fold(0u64, |acc, &d| {
             d.is_ascii_digit().then(|| acc.wrapping_mul(10).wrapping_add((d - b'0') as u64))
         })?;
         let sysv = fields.next().is_some_and(|path| path.starts_with(b"/SYSV"));
         Some(Mapping {
-            start: hex(start)? as usize,
-            end: hex(end)? as usize,
+            start: platform::parse_hex(start)? as usize,
+            end: platform::parse_hex(end)? as usize,
             offset,
-            dev: hex(major)? << 32 | hex(minor)?,
+            dev: platform::parse_hex(major)? << 32 | platform::parse_hex(minor)?,
             inode,
             sysv,
         })
@@ -123,51 +124,6 @@ impl Mapping {
 fn split_at(field: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
     let at = field.iter().position(|&b| b == sep)?;
     Some((&field[..at], &field[at + 1..]))
-}
-
-fn hex(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 16 {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |acc, &d| Some(acc << 4 | (d as char).to_digit(16)? as u64))
-}
-
-/// Calls `f` with each line of `fd` (without its newline). A line longer than the buffer is
-/// handed over cut to the buffer's length (the fields come first; only a long path is lost).
-fn for_each_line(fd: i32, mut f: impl FnMut(&[u8])) -> SysResult<()> {
-    let mut buf = [0u8; 1024];
-    let mut have = 0;
-    // The rest of a cut line is being skipped.
-    let mut skipping = false;
-    loop {
-        // SAFETY: the free part of `buf`, a live local.
-        let n = unsafe { platform::read(fd, buf[have..].as_mut_ptr(), buf.len() - have) }?;
-        have += n;
-        let mut start = 0;
-        while let Some(nl) = buf[start..have].iter().position(|&b| b == b'\n') {
-            if !skipping {
-                f(&buf[start..start + nl]);
-            }
-            skipping = false;
-            start += nl + 1;
-        }
-        if n == 0 {
-            if start < have && !skipping {
-                f(&buf[start..have]);
-            }
-            return Ok(());
-        }
-        if start == 0 && have == buf.len() {
-            if !skipping {
-                f(&buf[..have]);
-            }
-            skipping = true;
-            have = 0;
-        } else {
-            buf.copy_within(start..have, 0);
-            have -= start;
-        }
-    }
 }
 
 #[cfg(test)]
