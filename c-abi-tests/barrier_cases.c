@@ -829,114 +829,39 @@ static void sc_badinput(void)
 
 /* --------------------------------------------- 7. a failed barrier frees nothing */
 
-/* A raw clone() thread: not in glibc's thread list (glibc's SIGSETXID broadcast does not
- * reach it), registered with rseqrt_register_current_thread(), every signal blocked with
- * the raw system call. It gets a copy of the main thread's TCB/static TLS as its own thread
- * pointer block, so rseqrt's TLS accesses and __rseq_offset give it its own area. */
-static struct rseq_cs_desc *raw_page;
-static atomic_int raw_state; /* 1 ready, 2 woken, 3 done, <0 error */
-static int raw_wake;
-static int raw_reg_errno;
-static volatile pid_t raw_ctid;
-static struct rseq_cs_area *_Atomic raw_area;
-
-static int raw_unknown; /* register with the raw system call, block nothing: unknown to rseqrt */
-/* What starts the raw thread: clone() unless a scenario says otherwise. */
-static raw_clone_starter raw_starter = clone;
-extern int __clone(int (*fn)(void *), void *stack, int flags, void *arg, ...);
-
-static int raw_thread(void *arg)
-{
-    (void)arg;
-    if (raw_unknown ? syscall(SYS_rseq, rseq_cs_area(), 32, 0, 0x53053053) != 0
-                    : rseqrt_register_current_thread() != 0) {
-        raw_reg_errno = errno;
-        atomic_store(&raw_state, -1);
-        return 0;
-    }
-    atomic_store(&raw_area, rseq_cs_area());
-    unsigned long long all = ~0ULL;
-    if (!raw_unknown)
-        syscall(SYS_rt_sigprocmask, SIG_BLOCK, &all, NULL, 8);
-    if (rseq_cs_run(counters, raw_page, rseq_cs_own_code()) < 0) {
-        atomic_store(&raw_state, -2);
-        return 0;
-    }
-    atomic_store(&raw_state, 1);
-    raw_clone_sleep_until_woken(&raw_wake);
-    /* back in user space: the kernel has looked at rseq_cs (if the page is gone: SIGSEGV) */
-    atomic_store(&raw_state, 2);
-    if (raw_unknown)
-        syscall(SYS_rseq, rseq_cs_area(), 32, 1 /* RSEQ_FLAG_UNREGISTER */, 0x53053053);
-    else
-        rseqrt_unregister_current_thread();
-    atomic_store(&raw_state, 3);
-    return 0;
-}
-
-static void start_raw_thread(void)
-{
-    const char *why = NULL;
-    if (raw_clone_start(raw_starter, raw_thread, (char *)rseqrt_current_area() - (char *)thread_pointer(), &raw_ctid,
-                        &why) != 0)
-        die(2, "raw thread: %s: %s", why, strerror(errno));
-    double t0 = now_ms();
-    while (atomic_load(&raw_state) == 0) {
-        if (now_ms() - t0 > 5000)
-            die(2, "raw thread did not start");
-        sched_yield();
-    }
-    if (atomic_load(&raw_state) == -1)
-        die(2, "raw thread: rseqrt_register_current_thread: %s", strerror(raw_reg_errno));
-    if (atomic_load(&raw_state) < 0)
-        die(3, "raw thread has no registered area");
-    while (thread_state(raw_ctid) != 'S')
-        sched_yield();
-}
-
-/* Wakes the raw thread and waits (up to 5 s) until it has exited. */
-static void raw_wake_and_wait(void)
-{
-    raw_clone_wake(&raw_wake);
-    double t0 = now_ms();
-    while (raw_ctid != 0) {
-        if (now_ms() - t0 > 5000)
-            fail("the raw thread did not exit (state %d)", atomic_load(&raw_state));
-        sleep_ms(1);
-    }
-}
+#include "raw_stale.h"
 
 static void sc_unreachable(void)
 {
-    raw_page = desc_page();
+    raw_desc = desc_page();
     start_raw_thread();
     unsigned long long blk = status_mask(raw_ctid, "SigBlk");
     check(has_sig(blk, rseqrt_signal()) && has_sig(blk, 32) && has_sig(blk, 33),
           "raw clone() thread %d is registered and blocks every signal, the reserved %d and glibc's 32/33 "
           "(SigBlk %016llx)", raw_ctid, rseqrt_signal(), blk);
-    check(refers(atomic_load(&raw_area)->rseq_cs, raw_page, pagesz), "its rseq_cs refers to the page");
+    check(refers(atomic_load(&raw_area)->rseq_cs, raw_desc, pagesz), "its rseq_cs refers to the page");
     if (use_rseqrt) {
         double t0 = now_ms();
         errno = 0;
-        int rc = rseqrt_munmap(raw_page, pagesz);
+        int rc = rseqrt_munmap(raw_desc, pagesz);
         int e = errno;
         double ms = now_ms() - t0;
         check(rc == -1 && e == ETIMEDOUT, "rseqrt_munmap = %d errno %d (%s) after %.0f ms (RSEQRT_TIMEOUT_MS=%s)",
               rc, e, strerror(e), ms, getenv("RSEQRT_TIMEOUT_MS") ? getenv("RSEQRT_TIMEOUT_MS") : "unset");
         check(ms >= 150 && ms < 1500, "it gave up after the configured timeout (%.0f ms)", ms);
-        check(!memcmp(raw_page, rseq_cs_own_desc(), sizeof *raw_page), "the page is still mapped, with the "
+        check(!memcmp(raw_desc, rseq_cs_own_desc(), sizeof *raw_desc), "the page is still mapped, with the "
               "descriptor intact");
-        check(refers(atomic_load(&raw_area)->rseq_cs, raw_page, pagesz),
+        check(refers(atomic_load(&raw_area)->rseq_cs, raw_desc, pagesz),
               "the unreachable thread's rseq_cs still refers to it (the barrier did not clear it remotely)");
         errno = 0;
         rc = rseqrt_clear_all(0);
         check(rc == -1 && errno == ETIMEDOUT, "rseqrt_clear_all also fails: %d errno %d", rc, errno);
     } else {
-        munmap(raw_page, pagesz);
+        munmap(raw_desc, pagesz);
     }
     raw_wake_and_wait();
     check(atomic_load(&raw_state) == 3, "woken, the raw thread returned to user space, unregistered and exited");
-    int rc = rseqrt_munmap(raw_page, pagesz);
+    int rc = rseqrt_munmap(raw_desc, pagesz);
     check(rc == 0, "rseqrt_munmap once it is gone: %d", rc);
     printf("survived\n");
 }
@@ -947,12 +872,12 @@ static void sc_unreachable(void)
 static void sc_rawunknown(void)
 {
     raw_unknown = 1;
-    raw_page = desc_page();
+    raw_desc = desc_page();
     start_raw_thread();
     check(!has_sig(status_mask(raw_ctid, "SigBlk"), rseqrt_signal()),
           "raw clone() thread %d, registered by itself, accepts the reserved signal", raw_ctid);
-    check(refers(atomic_load(&raw_area)->rseq_cs, raw_page, pagesz), "its rseq_cs refers to the page");
-    free_range(raw_page, pagesz, "page");
+    check(refers(atomic_load(&raw_area)->rseq_cs, raw_desc, pagesz), "its rseq_cs refers to the page");
+    free_range(raw_desc, pagesz, "page");
     raw_wake_and_wait();
     check(atomic_load(&raw_state) == 3, "woken, the raw thread returned to user space and exited");
     printf("survived\n");

@@ -72,66 +72,8 @@ static char *shm_pages(size_t n)
 
 /* ------------------------------------------------------------ failsafe */
 
-/* The unreachable thread (as barrier_cases.c's "unreachable"): started with clone(), so not in
- * glibc's thread list (glibc's SIGSETXID broadcast skips it), registered with
- * rseqrt_register_current_thread(), every signal blocked with the raw system call. It runs one
- * critical section with the descriptor at raw_desc and sleeps: no barrier can make its kernel
- * look at its rseq_cs, so every barrier over that memory fails. */
-static struct rseq_cs_desc *raw_desc;
-static atomic_int raw_state; /* 1 ready, 2 woken, 3 done, <0 error */
-static int raw_wake;
-static volatile pid_t raw_ctid;
-
-static int raw_thread(void *arg)
-{
-    (void)arg;
-    if (rseqrt_register_current_thread() != 0) {
-        atomic_store(&raw_state, -1);
-        return 0;
-    }
-    unsigned long long all = ~0ULL;
-    syscall(SYS_rt_sigprocmask, SIG_BLOCK, &all, NULL, 8);
-    if (rseq_cs_run(counters, raw_desc, rseq_cs_own_code()) < 0) {
-        atomic_store(&raw_state, -2);
-        return 0;
-    }
-    atomic_store(&raw_state, 1);
-    raw_clone_sleep_until_woken(&raw_wake);
-    atomic_store(&raw_state, 2);
-    rseqrt_unregister_current_thread();
-    atomic_store(&raw_state, 3);
-    return 0;
-}
-
-static void start_raw_thread(void)
-{
-    const char *why = NULL;
-    if (raw_clone_start(clone, raw_thread, (char *)rseqrt_current_area() - thread_pointer(), &raw_ctid, &why) != 0)
-        die(2, "raw thread: %s: %s", why, strerror(errno));
-    double t0 = now_ms();
-    while (atomic_load(&raw_state) == 0) {
-        if (now_ms() - t0 > 5000)
-            die(2, "raw thread did not start");
-        sched_yield();
-    }
-    if (atomic_load(&raw_state) == -1)
-        die(2, "raw thread: rseqrt_register_current_thread failed");
-    if (atomic_load(&raw_state) < 0)
-        die(3, "raw thread has no registered area: nothing to show");
-    while (thread_state(raw_ctid) != 'S')
-        sched_yield();
-}
-
-static void raw_wake_and_wait(void)
-{
-    raw_clone_wake(&raw_wake);
-    double t0 = now_ms();
-    while (raw_ctid != 0) {
-        if (now_ms() - t0 > 5000)
-            fail("the raw thread did not exit (state %d)", atomic_load(&raw_state));
-        sleep_ms(1);
-    }
-}
+/* The unreachable thread (as barrier_cases.c's "unreachable"): every barrier over raw_desc fails. */
+#include "raw_stale.h"
 
 /* Calls CALL (which returns 0 or -1 with errno) and checks that it returns 0 at once. */
 #define PASSES(call, what)                                                                        \

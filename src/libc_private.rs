@@ -145,6 +145,7 @@ fn pthread_self_addr() -> usize {
 
 /// Whether `start`, the function a `CLONE_THREAD` clone starts, is glibc's `start_thread`: the
 /// thread is one of glibc's `pthread_create`, which glibc counts. Async-signal-safe: one load.
+#[cfg(feature = "c-library")]
 pub fn is_glibc_thread_start(start: usize) -> bool {
     start != 0 && start == GLIBC_START_THREAD.load(Relaxed)
 }
