@@ -54,6 +54,8 @@ struct Programs {
     plugin_b: PathBuf,
     stale: PathBuf,
     stress: PathBuf,
+    /// crash_own_area.c: a thread with an rseq area of the program's own.
+    own_area: PathBuf,
     lib: LibPrograms,
 }
 
@@ -89,6 +91,7 @@ fn programs() -> &'static Programs {
         let stress = compile(
             &CompileSpec::new("crash_stress", &[src("crash_stress.c")]).libs(&["-pthread"]),
         );
+        let own_area = compile(&CompileSpec::new("crash_own_area", &[src("crash_own_area.c")]));
         let lib = {
             let stage = stage();
             let (cflags, libs) = stage.rseqrt_flags();
@@ -113,6 +116,7 @@ fn programs() -> &'static Programs {
             plugin_b,
             stale,
             stress,
+            own_area,
             lib,
         }
     })
@@ -335,4 +339,42 @@ fn stress_unload_plugins_under_running_critical_sections() {
         failures.extend(r.go());
     }
     finish("stress", failures);
+}
+
+/// Areas that the program registered itself, as rseq libraries do under glibc's opt-out
+/// (`GLIBC_TUNABLES=glibc.pthread.rseq=0`, so rseqrt registers nothing): rseqrt cannot see where
+/// they are, so its barrier makes every thread's kernel look at its own `rseq_cs`. A thread whose
+/// area holds a stale `rseq_cs` into a page: plain `munmap()` is killed; `rseqrt_munmap()`
+/// (librseqrt.so preloaded) and the shim's `munmap()` survive, blocked, spinning, or blocking
+/// every signal with the raw system call (then glibc's broadcast reaches it).
+#[test]
+fn munmap_under_areas_the_program_registered() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner());
+    let p = programs();
+    let tunable = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+    let lib = p.lib.stage.lib("librseqrt.so").display().to_string();
+    let preload = p.lib.stage.lib("rseqrt/librseqrt_preload.so").display().to_string();
+    let mut failures = Vec::new();
+    for thread in ["read", "spin", "sigblock"] {
+        let rows: [(&str, Option<&str>, Expect, Option<i32>); 3] = [
+            ("plain", None, Expect::Segv, None),
+            ("rseqrt", Some(&lib), Expect::Exit(0), Some(0)),
+            ("preload", Some(&preload), Expect::Exit(0), Some(0)),
+        ];
+        for (method, pre, expect, owner) in rows {
+            let name = format!("own-area {thread} {method} [program registers]");
+            let mut s = Scenario::new(name, &p.own_area, &[thread, method], Mode::Glibc, expect)
+                .attempts(ATTEMPTS)
+                .timeout(CHILD_TIMEOUT)
+                .envs(&[tunable]);
+            if let Some(pre) = pre {
+                s = s.env("LD_PRELOAD", pre);
+            }
+            if let Some(o) = owner {
+                s = s.owner(o);
+            }
+            failures.extend(s.go());
+        }
+    }
+    finish("areas the program registered", failures);
 }
