@@ -2,7 +2,9 @@
 #
 #   make                      build build/lib/librseqrt.so.0, librseqrt.a, librseqrt_preload.so, rseqrt.pc
 #   make check                every test: Rust unit and integration tests, the C ABI and crash suites,
-#                             and the check that generated files match their sources
+#                             and the check that generated files match their sources, on this glibc,
+#                             in Debian 11 and 13 chroots, and for the dist tarball (scripts/check)
+#   make check-host           the same on this machine's glibc only
 #   make install PREFIX=/usr/local [DESTDIR=...]
 #   make generate             regenerate src/abi/linux_rseq.rs and include/rseqrt.h
 #   make bench                benchmarks; results under docs/bench/
