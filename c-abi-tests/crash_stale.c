@@ -30,6 +30,10 @@
  *                then sleeps in 1 ms steps for 100 ms
  *   sigblock     blocks every signal (sigfillset + pthread_sigmask), then as read
  *   timer        a glibc helper thread: a SIGEV_THREAD timer callback, then as read
+ *   handled      as read, while the program has a handler of its own on signal 64 (named by
+ *                its number, as bash names RTMAX), rseqrt's reserved signal by default: the
+ *                barrier's requests must never reach that handler, and the program's own
+ *                raise of 64 afterwards must reach it once (else exit 12)
  * METHOD (how the main thread frees):
  *   plain        dlclose()/munmap()/madvise()/mprotect()/shmdt() (the harness may
  *                LD_PRELOAD librseqrt_preload.so: METHOD preload is the same call, and
@@ -43,7 +47,8 @@
  * (nothing to demonstrate); 4 the free call failed; 5 timeout; 6 the library was
  * not actually unloaded; 7 the critical section miscounted; 8 preload not in
  * effect; 10 a genuine memory fault (see crash_common.h); 11 the discarded page still
- * holds the descriptor after the free (the kind shows nothing there); 9 inconclusive: the
+ * holds the descriptor after the free (the kind shows nothing there); 12 the program's handler on
+ * signal 64 ran for rseqrt's requests, or not for its own raise (thread handled); 9 inconclusive: the
  * stale thread's rseq_cs was already 0 when the free started, or (plain method, spinning thread) its kernel cleared it while the
  * free was in progress; the harness runs the scenario again. */
 #define _GNU_SOURCE
@@ -82,7 +87,7 @@ static const char *kinds[] = {
     "madvise-dontneed", "madvise-free", "madvise-remove", "mprotect-none", "shmdt",
 };
 #define NKINDS (sizeof kinds / sizeof kinds[0])
-enum thr { T_READ, T_SPIN, T_SIGBLOCK, T_TIMER };
+enum thr { T_READ, T_SPIN, T_SIGBLOCK, T_TIMER, T_HANDLED };
 enum method { M_PLAIN, M_PRELOAD, M_RSEQRT };
 
 static enum kind kind;
@@ -107,6 +112,16 @@ static atomic_int thread_status;        /* non-zero: exit code the main thread s
 static int seen_cpu = -1;
 static uint64_t seen_rseq_cs;
 static int seen_blocks_rt = -1;
+static volatile sig_atomic_t program_handler_runs; /* handled: the program's handler on 64 */
+
+/* The top real-time signal by number (glibc's __SIGRTMAX), as programs that hard-code it use it. */
+#define TOP_SIGNAL 64
+
+static void on_top_signal(int sig)
+{
+    (void)sig;
+    program_handler_runs++;
+}
 
 static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die(int code, const char *fmt, ...)
@@ -389,7 +404,7 @@ static void free_memory(void)
 
 int main(int argc, char **argv)
 {
-    static const char *thrs[] = {"read", "spin", "sigblock", "timer"};
+    static const char *thrs[] = {"read", "spin", "sigblock", "timer", "handled"};
     static const char *methods[] = {"plain", "preload", "rseqrt"};
     int k = -1, t = -1, m = -1;
 
@@ -398,13 +413,13 @@ int main(int argc, char **argv)
     if (argc == 5) {
         for (size_t i = 0; i < NKINDS; i++) {
             if (!strcmp(argv[1], kinds[i])) k = (int)i;
-            if (i < 4 && !strcmp(argv[2], thrs[i])) t = (int)i;
+            if (i < 5 && !strcmp(argv[2], thrs[i])) t = (int)i;
             if (i < 3 && !strcmp(argv[3], methods[i])) m = (int)i;
         }
     }
     if (k < 0 || t < 0 || m < 0)
         die(2, "usage: %s dlclose|dlclose-dep|munmap-desc|munmap-jit|madvise-dontneed|madvise-free|"
-               "madvise-remove|mprotect-none|shmdt read|spin|sigblock|timer plain|preload|rseqrt "
+               "madvise-remove|mprotect-none|shmdt read|spin|sigblock|timer|handled plain|preload|rseqrt "
                "PLUGIN_DIR", argv[0]);
     kind = k, thr = t, method = m;
 #ifndef WITH_RSEQRT
@@ -434,6 +449,15 @@ int main(int argc, char **argv)
     prepare(argv[4]);
     if (pipe(wake_pipe) != 0)
         die(2, "pipe: %s", strerror(errno));
+
+    if (thr == T_HANDLED) {
+        struct sigaction act;
+        memset(&act, 0, sizeof act);
+        act.sa_handler = on_top_signal;
+        sigemptyset(&act.sa_mask);
+        if (sigaction(TOP_SIGNAL, &act, NULL) != 0)
+            die(2, "sigaction(%d): %s", TOP_SIGNAL, strerror(errno));
+    }
 
     pthread_t tid;
     timer_t timer;
@@ -488,6 +512,16 @@ int main(int argc, char **argv)
     if (method == M_PLAIN && atomic_load(&cleared_during_free))
         die(9, "inconclusive: the spinning thread's rseq_cs was cleared by its kernel during the "
                "plain free (preempted)");
+    if (thr == T_HANDLED) {
+        if (program_handler_runs != 0)
+            die(12, "the program's handler on %d ran %d times during the free (rseqrt's requests reached it)",
+                TOP_SIGNAL, (int)program_handler_runs);
+        raise(TOP_SIGNAL);
+        if (program_handler_runs != 1)
+            die(12, "the program's own raise(%d): its handler ran %d times (want 1)", TOP_SIGNAL,
+                (int)program_handler_runs);
+        printf("the program's handler on %d: none of rseqrt's requests, its own raise once\n", TOP_SIGNAL);
+    }
     printf("survived\n");
     return 0;
 }

@@ -151,7 +151,8 @@ int rseqrt_current_mm_cid(void);
 /*
  The real-time signal rseqrt reserves for its barrier (set with `RSEQRT_SIGNAL`), or 0. When it
  is the highest (the default) or the lowest of glibc's range, `SIGRTMAX` (or `SIGRTMIN`) leaves
- it out, as glibc leaves out its own.
+ it out, as glibc leaves out its own; a program that names its number still handles, raises and
+ receives it (rseqrt tells its own requests apart).
 
  Spec: <https://man7.org/linux/man-pages/man7/signal.7.html>
  */

@@ -35,6 +35,7 @@ mod registry;
 mod rtsig;
 mod shm;
 mod signal;
+mod sigshare;
 mod symtab;
 mod state;
 mod thread;

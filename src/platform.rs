@@ -65,6 +65,53 @@ pub fn tgkill(pid: i32, tid: i32, sig: i32) -> SysResult<()> {
     unsafe { sys!(libc::SYS_tgkill, pid, tid, sig) }.map(drop)
 }
 
+/// The kernel's `siginfo_t` of a queued signal (`SI_QUEUE` layout on x86-64: the three header
+/// ints, padding to 16, then pid, uid and the 8-byte value), padded to the kernel's 128 bytes.
+#[repr(C)]
+pub struct QueuedSiginfo {
+    pub signo: i32,
+    pub errno: i32,
+    pub code: i32,
+    _pad: i32,
+    pub pid: i32,
+    pub uid: u32,
+    pub value: u64,
+    _rest: [u64; 12],
+}
+
+/// `rt_tgsigqueueinfo(2)`: signal `sig` to thread `tid` of this process with `si_code` `code` and
+/// `si_value` `value` (a process may give its own signals any code).
+pub fn tgsigqueueinfo(pid: i32, tid: i32, sig: i32, code: i32, value: u64) -> SysResult<()> {
+    let info = QueuedSiginfo { signo: sig, errno: 0, code, _pad: 0, pid, uid: 0, value, _rest: [0; 12] };
+    // SAFETY: `info` is a live local as large as the kernel's siginfo_t.
+    unsafe { sys!(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, &info as *const QueuedSiginfo) }.map(drop)
+}
+
+/// `rt_sigprocmask(2)` on the kernel's 64-signal mask; returns the previous mask.
+pub fn sigprocmask(how: i32, set: u64) -> u64 {
+    let mut old = 0u64;
+    // SAFETY: both pointers are to live locals of the kernel's mask size (8 bytes).
+    let _ = unsafe { sys!(libc::SYS_rt_sigprocmask, how, &set as *const u64, &mut old as *mut u64, 8usize) };
+    old
+}
+
+/// `rt_sigaction(2)` with the kernel's structure (handler, flags, restorer, 64-signal mask),
+/// setting `act` when given; returns the previous action.
+pub fn sigaction(sig: i32, act: Option<&[usize; 4]>) -> SysResult<[usize; 4]> {
+    let mut old = [0usize; 4];
+    let new = act.map_or(core::ptr::null(), |a| a.as_ptr());
+    // SAFETY: `new` is null or a live array, `old` a live local, both the kernel's structure.
+    unsafe { sys!(libc::SYS_rt_sigaction, sig, new, old.as_mut_ptr(), 8usize) }?;
+    Ok(old)
+}
+
+/// `exit_group(2)`.
+pub fn exit_group(status: i32) -> ! {
+    // SAFETY: no pointers; the call does not return.
+    unsafe { syscall6(libc::SYS_exit_group, status as usize, 0, 0, 0, 0, 0) };
+    unreachable!("exit_group returned")
+}
+
 /// `getcpu(2)`: (cpu, node).
 pub fn getcpu() -> SysResult<(u32, u32)> {
     let (mut cpu, mut node) = (0u32, 0u32);

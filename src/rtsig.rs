@@ -18,8 +18,8 @@
 //! bottom (`RSEQRT_SIGNAL` set to `SIGRTMIN`). From then on glibc itself, and everything that
 //! asks it, sees the range without it: with the default 64, `SIGRTMAX` reads 63, and every signal
 //! from `SIGRTMIN` to `SIGRTMAX` can be handled, raised and received. A signal in the middle of
-//! the range cannot be taken out of it (the range is two bounds): it stays inside, `sigaction()`
-//! refuses to change it (EINVAL), and `__libc_allocate_rtsig()` never hands it out; once the
+//! the range cannot be taken out of it (the range is two bounds): it stays inside, shared with
+//! the program (`sigshare`), and `__libc_allocate_rtsig()` never hands it out; once the
 //! allocations reach it, it is the end of the range and is left out like the top one.
 //!
 //! The choice is made once, by the first of: rseqrt's constructor, or a call of one of the three

@@ -2,13 +2,15 @@
 //! interposers that keep it deliverable, the way glibc keeps its own internal signals (32, 33)
 //! deliverable: masks the program sets (`pthread_sigmask`, `sigprocmask`, and the temporary ones
 //! of `sigsuspend`, `ppoll`, `pselect`, `epoll_pwait[2]`, `pthread_attr_setsigmask_np`) never
-//! block it, the sets it waits for (`sigwait*`) never include it, and `sigaction`/`signal` refuse
-//! to change it. Which signal it is, and how `SIGRTMIN`..`SIGRTMAX` leave it out, is `rtsig`'s.
+//! block it, and the sets it waits for (`sigwait*`) never include it. Which signal it is, and how
+//! `SIGRTMIN`..`SIGRTMAX` leave it out, is `rtsig`'s; `sigaction`/`signal` on its number set the
+//! program's own disposition, which receives every such signal rseqrt did not send (`sigshare`).
 //!
 //! Delivering the signal is what makes the thread's own kernel process its `rseq_cs` (abort a
-//! running critical section, then clear the field) before the handler runs. The handler only
-//! acknowledges, for threads whose areas the barrier cannot read: it records its thread id and
-//! the current acknowledgement generation in a fixed table. It is installed with `SA_RESTART`,
+//! running critical section, then clear the field) before the handler runs. For the barrier's
+//! requests ([`request`]) the handler only acknowledges, for threads whose areas the barrier
+//! cannot read: it records its thread id and the current acknowledgement generation in a fixed
+//! table. It is installed with `SA_RESTART`,
 //! so interrupted system calls resume (calls that never restart, such as `sigtimedwait()`,
 //! `nanosleep()` or `epoll_wait()`, return EINTR, as with glibc's own SIGSETXID), and it makes
 //! no call that sets `errno`: async-signal-safe, allocation-free, errno kept.
@@ -30,10 +32,21 @@ const ACK_CELLS: usize = 4096;
 static ACKS: [AtomicU64; ACK_CELLS] = [const { AtomicU64::new(0) }; ACK_CELLS];
 static ACK_GENERATION: AtomicU32 = AtomicU32::new(0);
 
-extern "C" fn on_reserved_signal(_sig: c_int) {
+extern "C" fn on_reserved_signal(sig: c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    // SAFETY: the kernel passed `info` and `context` to this SA_SIGINFO handler.
+    if !unsafe { crate::sigshare::is_request(info) } {
+        // SAFETY: as above.
+        return unsafe { crate::sigshare::dispatch(sig, info, context) };
+    }
     let tid = crate::platform::gettid();
     let generation = ACK_GENERATION.load(SeqCst);
     ACKS[ack_cell(tid)].store(((tid as u32 as u64) << 32) | generation as u64, SeqCst);
+}
+
+/// Sends the barrier's request to thread `tid` of process `pid`: the reserved signal, queued
+/// with the value that tells the handler it is rseqrt's (`sigshare`). Async-signal-safe.
+pub fn request(pid: i32, tid: i32) -> crate::platform::SysResult<()> {
+    crate::platform::tgsigqueueinfo(pid, tid, reserved(), libc::SI_QUEUE, crate::sigshare::request_value())
 }
 
 /// The acknowledgement cell of thread `tid` (two threads sharing one must not be signalled in
@@ -72,15 +85,23 @@ fn next_sigaction() -> Option<SigactionFn> {
 pub fn init() {
     let Some(sigaction) = next_sigaction() else { return };
     let Some(chosen) = crate::rtsig::chosen() else { return };
-    // SAFETY: a zeroed sigaction with our handler, SA_RESTART and an empty mask is valid.
-    let ok = unsafe {
+    type Handler = extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void);
+    // SAFETY: all-zero sigactions are valid; `act` gets our handler, SA_SIGINFO|SA_RESTART and
+    // an empty mask; `old` receives the disposition it replaces.
+    let (ok, old) = unsafe {
         let mut act: libc::sigaction = core::mem::zeroed();
-        act.sa_sigaction = on_reserved_signal as extern "C" fn(c_int) as usize;
-        act.sa_flags = libc::SA_RESTART;
+        let mut old: libc::sigaction = core::mem::zeroed();
+        act.sa_sigaction = on_reserved_signal as Handler as usize;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigemptyset(&mut act.sa_mask);
-        sigaction(chosen, &act, core::ptr::null_mut()) == 0
+        (sigaction(chosen, &act, &mut old) == 0, old)
     };
     if ok {
+        // A disposition set before ours (RSEQRT_SIGNAL naming a handled or inherited-ignored
+        // signal) stays the program's.
+        if old.sa_sigaction != libc::SIG_DFL {
+            crate::sigshare::exchange(Some(crate::sigshare::Disposition::from_sigaction(&old)));
+        }
         RESERVED.store(chosen, Relaxed);
     }
 }
@@ -145,16 +166,21 @@ pub unsafe extern "C" fn rseqrt_interpose_sigprocmask(how: c_int, set: *const si
     unsafe { forward::<MaskFn, _>(&real::SIGPROCMASK, set, how != libc::SIG_UNBLOCK, |f, s| f(how, s, old), enosys) }
 }
 
-/// `sigaction(2)` that refuses to change the reserved signal (EINVAL, as glibc answers for its
-/// internal signals), from the moment it is chosen (before rseqrt's constructor installs its
-/// handler, when a library initialized earlier read `SIGRTMAX`); queries pass through.
-/// Async-signal-safe.
+/// `sigaction(2)`: on the reserved signal's number, from the moment it is chosen (before
+/// rseqrt's constructor installs its handler, when a library initialized earlier read
+/// `SIGRTMAX`), sets and reports the program's own disposition (`sigshare`); other signals pass
+/// through. Async-signal-safe.
 #[no_mangle]
 pub unsafe extern "C" fn rseqrt_interpose_sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
-    if sig == crate::rtsig::taken() && sig != 0 && !act.is_null() {
-        // SAFETY: errno is thread-local.
-        unsafe { *libc::__errno_location() = libc::EINVAL };
-        return -1;
+    if sig == crate::rtsig::taken() && sig != 0 {
+        // SAFETY: the caller's pointers are null or valid sigactions.
+        let new = unsafe { act.as_ref() }.map(crate::sigshare::Disposition::from_sigaction);
+        let previous = crate::sigshare::exchange(new);
+        // SAFETY: as above.
+        if let Some(out) = unsafe { old.as_mut() } {
+            previous.to_sigaction(out);
+        }
+        return 0;
     }
     match next_sigaction() {
         // SAFETY: forwarding the caller's arguments.
@@ -163,14 +189,14 @@ pub unsafe extern "C" fn rseqrt_interpose_sigaction(sig: c_int, act: *const libc
     }
 }
 
-/// `signal(2)` that refuses to change the reserved signal (`SIG_ERR`, EINVAL), as glibc's refuses
-/// for its internal signals; glibc's own `signal()` would bypass rseqrt's `sigaction()`.
+/// `signal(2)`: on the reserved signal's number, sets the program's own disposition with
+/// `signal()`'s BSD semantics (`SA_RESTART`, the signal blocked in its handler), as `sigaction`
+/// does; glibc's own `signal()` would bypass rseqrt's `sigaction()`.
 #[no_mangle]
 pub unsafe extern "C" fn rseqrt_interpose_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
     if sig == crate::rtsig::taken() && sig != 0 {
-        // SAFETY: errno is thread-local.
-        unsafe { *libc::__errno_location() = libc::EINVAL };
-        return libc::SIG_ERR;
+        let new = crate::sigshare::Disposition { handler, flags: libc::SA_RESTART, mask: 0 };
+        return crate::sigshare::exchange(Some(new)).handler;
     }
     type F = unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
     match real::SIGNAL.get() {

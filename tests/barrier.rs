@@ -234,10 +234,11 @@ fn no_membarrier() {
 }
 
 /// 9. Signal interposers: sigfillset + pthread_sigmask / sigprocmask leave the reserved
-/// signal unblocked (SigBlk); sigaction() refuses to change it (EINVAL) but answers queries;
-/// sigwait/sigwaitinfo/sigtimedwait on a full set never return it while a barrier signals
-/// the waiting thread (plain: that waiter's thread is killed); RSEQRT_SIGNAL=N selects N.
-/// Also prints what glibc's signal() does to the reserved signal (an observation).
+/// signal unblocked (SigBlk); sigaction() and signal() on its number set and report the
+/// program's own disposition while the kernel keeps rseqrt's handler (SigCgt), and a barrier
+/// still reaches a blocked thread with that disposition SIG_IGN; sigwait/sigwaitinfo/sigtimedwait
+/// on a full set never return it while a barrier signals the waiting thread (plain: that
+/// waiter's thread is killed); RSEQRT_SIGNAL=N selects N.
 #[test]
 fn signal_interposers() {
     run_cases(

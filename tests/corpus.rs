@@ -220,14 +220,7 @@ const BASH_RTMAX: Row = Row {
     argv: |work| script("bash_rtmax.sh", work),
     setup: no_input,
     binds: &[("bash", "sigaction"), ("bash", "sigprocmask")],
-    known_difference: Some((
-        "issue 10 item 3: the shim reserves SIGRTMAX while SIGRTMAX still names it, so bash's \
-         trap on it is refused and the signal is lost",
-        &[
-            ("trap RTMAX: received", "trap RTMAX: not received"),
-            ("RTMIN..RTMAX: all received", "RTMIN..RTMAX: RTMAX"),
-        ],
-    )),
+    known_difference: None,
 };
 
 #[derive(Clone, Copy, PartialEq)]

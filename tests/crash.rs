@@ -17,7 +17,10 @@
 //!   descriptor in its third page, detached by naming its first address);
 //! * the stale thread: blocked in `read`, `spin`ning in user space, `sigblock`
 //!   (every signal blocked, then blocked in read), a glibc `timer` helper thread
-//!   (SIGEV_THREAD callback, then blocked in read);
+//!   (SIGEV_THREAD callback, then blocked in read); and, for `dlclose` and `munmap-desc`,
+//!   `handled`: blocked in read while the program has its own handler on signal 64, rseqrt's
+//!   reserved signal, named by its number (the barrier's requests must not reach it, the
+//!   program's own raise must);
 //! * how: the `plain` call must die with SIGSEGV (so each scenario can fail),
 //!   `rseqrt_dlclose()`/`rseqrt_munmap()`/`rseqrt_madvise()`/... and the plain call under
 //!   `LD_PRELOAD=librseqrt_preload.so` must exit 0;
@@ -228,6 +231,31 @@ fn matrix(kind: &str) {
         }
     }
     finish(kind, failures);
+}
+
+/// The program's own handler on the reserved signal's number (issue 10, item 3: rseqrt shares
+/// the number): every row of the matrix with the stale thread blocked in read, the program
+/// holding a handler on 64.
+#[test]
+fn program_handler_on_the_reserved_signal() {
+    let _shared = EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner());
+    let p = programs();
+    let dir = p.plugin_dir.display().to_string();
+    let mut failures = Vec::new();
+    for &mode in modes() {
+        for kind in ["dlclose", "munmap-desc"] {
+            for row in &rows(p, mode) {
+                let name = format!("{kind} handled {} [{}]", row.label, mode.name());
+                let args = [kind, "handled", row.method, dir.as_str()];
+                let mut r = scenario(name, &row.program, &args, mode, row.preload.as_deref(), row.expect);
+                if row.check_owner {
+                    r = r.owner(mode.owner());
+                }
+                failures.extend(r.go());
+            }
+        }
+    }
+    finish("program handler on the reserved signal", failures);
 }
 
 #[test]

@@ -66,7 +66,7 @@ fn run(tids: &[i32], escalate: bool, flags: u32, deadline: &impl Fn() -> u64) ->
     let mut done = [false; ROUND];
     loop {
         for (i, &tid) in tids.iter().enumerate() {
-            if !done[i] && sig != 0 && platform::tgkill(pid, tid, sig) == Err(Errno(libc::ESRCH)) {
+            if !done[i] && sig != 0 && signal::request(pid, tid) == Err(Errno(libc::ESRCH)) {
                 done[i] = true;
             }
         }
