@@ -4,6 +4,8 @@
  *                        of PROG's main thread is refused, as on a kernel that predates rseq
  *            membarrier  rseqrt in PROG never gets membarrier and must clear stale
  *                        rseq_cs pointers with signals alone
+ *            process_vm_readv  no descriptor can be read with it (the barrier must read
+ *                        the ones it can read safely without it, and fail closed elsewhere)
  *   ERRNO    ENOSYS or EPERM: what the call answers
  *
  * Installs a seccomp filter that answers ERRNO to SYSCALL (and lets everything else
@@ -38,13 +40,15 @@ int main(int argc, char **argv)
             nr = SYS_rseq;
         else if (!strcmp(argv[1], "membarrier"))
             nr = SYS_membarrier;
+        else if (!strcmp(argv[1], "process_vm_readv"))
+            nr = SYS_process_vm_readv;
         if (!strcmp(argv[2], "ENOSYS"))
             err = ENOSYS;
         else if (!strcmp(argv[2], "EPERM"))
             err = EPERM;
     }
     if (nr < 0 || err == 0) {
-        fprintf(stderr, "usage: %s rseq|membarrier ENOSYS|EPERM PROG [ARGS...]\n", argv[0]);
+        fprintf(stderr, "usage: %s rseq|membarrier|process_vm_readv ENOSYS|EPERM PROG [ARGS...]\n", argv[0]);
         return 2;
     }
 

@@ -231,7 +231,7 @@ pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
 ///
 /// # Safety
 /// `m` must be a loaded object.
-unsafe fn needed_names(m: &LinkMap) -> Option<[Option<&CStr>; 64]> {
+pub(crate) unsafe fn needed_names(m: &LinkMap) -> Option<[Option<&CStr>; 64]> {
     let mut out = [None; 64];
     // SAFETY: a loaded object's dynamic section and string table are mapped.
     unsafe {
@@ -254,7 +254,7 @@ unsafe fn needed_names(m: &LinkMap) -> Option<[Option<&CStr>; 64]> {
 ///
 /// # Safety
 /// `any` must be a loaded object.
-unsafe fn find_loaded(any: *const LinkMap, name: &CStr) -> Option<*const LinkMap> {
+pub(crate) unsafe fn find_loaded(any: *const LinkMap, name: &CStr) -> Option<*const LinkMap> {
     let mut m = any;
     // SAFETY: the loader's list; every element is a loaded object with mapped tables.
     unsafe {

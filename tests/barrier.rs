@@ -33,6 +33,8 @@ struct Programs {
     plugin_clone: PathBuf,
     /// discard_cases.c: madvise/mprotect/shmdt (linked with rseqrt).
     discard: PathBuf,
+    /// scan_cases.c: how the scan judges idle threads whose rseq_cs points elsewhere.
+    scan: PathBuf,
 }
 
 fn programs() -> &'static Programs {
@@ -64,7 +66,14 @@ fn programs() -> &'static Programs {
                 .libs(&libs)
                 .libs(&["-pthread", "-ldl"]),
         );
-        Programs { stage, cases, preload_prog, seccomp: seccomp_exec(), plugin, plugin_clone, discard }
+        let scan = compile(
+            &CompileSpec::new("scan_cases", &[src("scan_cases.c")])
+                .cflags(&["-Wall", "-Wextra", "-Werror"])
+                .cflags(&cflags)
+                .libs(&libs)
+                .libs(&["-pthread", "-ldl"]),
+        );
+        Programs { stage, cases, preload_prog, seccomp: seccomp_exec(), plugin, plugin_clone, discard, scan }
     })
 }
 
@@ -231,6 +240,32 @@ fn no_membarrier() {
         }
     }
     finish("no membarrier", f);
+}
+
+/// Issue 11, item 3: an idle thread whose descriptor lies in the program (memory that stays
+/// mapped) is judged without a system call; one in anonymous memory with `process_vm_readv`,
+/// failing closed when that is refused (`seccomp_exec process_vm_readv EPERM`): there the thread
+/// is signalled and its kernel clears its field, while the program's thread keeps its own.
+#[test]
+fn descriptors_in_the_program_cost_no_system_call() {
+    let p = programs();
+    let scan = p.scan.display().to_string();
+    let mut f = Vec::new();
+    for &mode in modes() {
+        f.extend(go(suite()
+            .scenario(format!("permanent, process_vm_readv open [{}]", mode.name()), &p.scan, &["permanent", "rseqrt", "open"], mode, Expect::Exit(0))
+            .owner(mode.owner())));
+        f.extend(go(suite()
+            .scenario(
+                format!("permanent, process_vm_readv EPERM [{}]", mode.name()),
+                &p.seccomp,
+                &["process_vm_readv", "EPERM", &scan, "permanent", "rseqrt", "filtered"],
+                mode,
+                Expect::Exit(0),
+            )
+            .owner(mode.owner())));
+    }
+    finish("descriptors in the program", f);
 }
 
 /// 9. Signal interposers: sigfillset + pthread_sigmask / sigprocmask leave the reserved

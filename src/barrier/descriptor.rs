@@ -2,8 +2,10 @@
 //!
 //! A value refers to a range when the kernel's next look at it would touch the range: the
 //! 32-byte descriptor itself, the critical section's code (`start_ip` up to
-//! `start_ip + post_commit_offset`), or the signature word at `abort_ip - 4`. A descriptor that
-//! cannot be read safely (`process_vm_readv` fails) counts as referring.
+//! `start_ip + post_commit_offset`), or the signature word at `abort_ip - 4`. A descriptor in
+//! memory that stays mapped for the life of the process (`permanent`: the program and the
+//! objects it needs) is read with a plain load; any other with `process_vm_readv`, and one that
+//! cannot be read that way counts as referring.
 //!
 //! Guarantees: async-signal-safe, malloc-free (fixed-size cache on the caller's stack).
 
@@ -42,6 +44,8 @@ const CACHE: usize = 16;
 /// descriptors, so most checks cost no system call.
 pub struct Classifier<'a> {
     target: Target<'a>,
+    /// The last value classified and its verdict: idle threads mostly hold the same one.
+    last: (u64, bool),
     seen: [(u64, bool); CACHE],
     len: usize,
     next: usize,
@@ -49,7 +53,7 @@ pub struct Classifier<'a> {
 
 impl<'a> Classifier<'a> {
     pub fn new(target: Target<'a>) -> Self {
-        Classifier { target, seen: [(0, false); CACHE], len: 0, next: 0 }
+        Classifier { target, last: (0, false), seen: [(0, false); CACHE], len: 0, next: 0 }
     }
 
     /// Whether a thread whose `rseq_cs` holds `value` must be cleared.
@@ -57,17 +61,24 @@ impl<'a> Classifier<'a> {
         if value == 0 {
             return false;
         }
+        if value == self.last.0 {
+            return self.last.1;
+        }
         let ranges = match self.target {
             Target::All => return true,
             Target::Ranges(r) => r,
         };
-        if let Some(&(_, verdict)) = self.seen[..self.len].iter().find(|(v, _)| *v == value) {
-            return verdict;
-        }
-        let verdict = descriptor_refers(value as usize, ranges);
-        self.seen[self.next] = (value, verdict);
-        self.next = (self.next + 1) % CACHE;
-        self.len = (self.len + 1).min(CACHE);
+        let verdict = match self.seen[..self.len].iter().find(|(v, _)| *v == value) {
+            Some(&(_, verdict)) => verdict,
+            None => {
+                let verdict = descriptor_refers(value as usize, ranges);
+                self.seen[self.next] = (value, verdict);
+                self.next = (self.next + 1) % CACHE;
+                self.len = (self.len + 1).min(CACHE);
+                verdict
+            }
+        };
+        self.last = (value, verdict);
         verdict
     }
 }
@@ -77,14 +88,20 @@ fn descriptor_refers(addr: usize, ranges: &[Range]) -> bool {
     if ranges.iter().any(|r| r.overlaps(addr, addr.saturating_add(size))) {
         return true;
     }
-    let mut cs = MaybeUninit::<rseq_cs>::uninit();
-    // SAFETY: `cs` is a live local of `size` bytes.
-    match unsafe { platform::read_own_memory(cs.as_mut_ptr().cast(), addr, size) } {
-        Ok(n) if n == size => {}
-        _ => return true,
-    }
-    // SAFETY: the kernel filled all `size` bytes; every bit pattern is a valid rseq_cs.
-    let cs = unsafe { cs.assume_init() };
+    let cs = if crate::permanent::holds(addr, size) {
+        // SAFETY: the descriptor lies inside a readable segment of an object that is never
+        // unloaded, and outside the memory being freed (checked above).
+        unsafe { core::ptr::read_volatile(addr as *const rseq_cs) }
+    } else {
+        let mut cs = MaybeUninit::<rseq_cs>::uninit();
+        // SAFETY: `cs` is a live local of `size` bytes.
+        match unsafe { platform::read_own_memory(cs.as_mut_ptr().cast(), addr, size) } {
+            Ok(n) if n == size => {}
+            _ => return true,
+        }
+        // SAFETY: the kernel filled all `size` bytes; every bit pattern is a valid rseq_cs.
+        unsafe { cs.assume_init() }
+    };
     let (start, abort) = (cs.start_ip as usize, cs.abort_ip as usize);
     let code_end = start.saturating_add(cs.post_commit_offset as usize);
     ranges.iter().any(|r| r.overlaps(start, code_end) || r.overlaps(abort.saturating_sub(4), abort))

@@ -1,0 +1,108 @@
+/* scan_cases: how the barrier's scan judges idle threads whose rseq_cs points elsewhere (issue
+ * 11, item 3: no system call on the common path).
+ *
+ *   scan_cases permanent rseqrt open|filtered
+ *
+ * Two threads run one critical section and block in read(): "program" with the descriptor in
+ * this program's own .data (memory that stays mapped for the life of the process), "anonymous"
+ * with a copy of it in an anonymous page (memory that could be gone). Then rseqrt_munmap() of
+ * an unrelated fresh page, which neither refers to.
+ *   open      process_vm_readv works: both are judged not referring; neither is signalled, so
+ *             both rseq_cs values are unchanged.
+ *   filtered  run under `seccomp_exec process_vm_readv EPERM`: the anonymous descriptor cannot
+ *             be read, so it counts as referring (fail closed) and that thread's kernel clears
+ *             its rseq_cs (signalled); the program's descriptor is read with a plain load, no
+ *             system call, so that thread keeps its rseq_cs. Before the plain load, both were
+ *             cleared here.
+ * Exit: 0 passed; 1 a check failed; 2 setup; 3 no registered rseq area. */
+#define _GNU_SOURCE
+#include <pthread.h>
+
+#include "test_common.h"
+
+struct idle {
+    const char *name;
+    const struct rseq_cs_desc *desc;
+    int pipe[2];
+    pid_t tid;
+    struct rseq_cs_area *_Atomic area;
+    atomic_int ready;
+    pthread_t thread;
+};
+
+static void *idle_main(void *arg)
+{
+    struct idle *t = arg;
+    t->tid = gettid_();
+    int cpu = rseq_cs_run(counters, t->desc, rseq_cs_own_code());
+    atomic_store(&t->area, rseq_cs_area());
+    atomic_store(&t->ready, cpu < 0 ? -1 : 1);
+    char b;
+    while (read(t->pipe[0], &b, 1) < 0 && errno == EINTR)
+        ;
+    return NULL;
+}
+
+static void idle_start(struct idle *t, const char *name, const struct rseq_cs_desc *desc)
+{
+    t->name = name;
+    t->desc = desc;
+    if (pipe(t->pipe) != 0)
+        die(2, "pipe: %s", strerror(errno));
+    if ((errno = pthread_create(&t->thread, NULL, idle_main, t)) != 0)
+        die(2, "pthread_create: %s", strerror(errno));
+    while (!atomic_load(&t->ready))
+        sched_yield();
+    if (atomic_load(&t->ready) < 0)
+        die(3, "%s: no registered rseq area", name);
+    wait_sleeping(t->tid, name);
+}
+
+static uint64_t idle_cs(struct idle *t)
+{
+    return __atomic_load_n(&atomic_load(&t->area)->rseq_cs, __ATOMIC_SEQ_CST);
+}
+
+static void idle_stop(struct idle *t)
+{
+    if (write(t->pipe[1], "q", 1) != 1)
+        die(2, "write: %s", strerror(errno));
+    pthread_join(t->thread, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    cases_start(argc, argv, "open|filtered");
+    if (strcmp(scenario, "permanent") || !use_rseqrt || argc != 4 || (strcmp(argv[3], "open") && strcmp(argv[3], "filtered")))
+        die(2, "usage: %s permanent rseqrt open|filtered", argv[0]);
+    int filtered = !strcmp(argv[3], "filtered");
+    errno = 0;
+    long rc = syscall(SYS_process_vm_readv, getpid(), NULL, 0, NULL, 0, 0);
+    printf("process_vm_readv(nothing) = %ld, errno %d\n", rc, rc ? errno : 0);
+    if (filtered != (rc == -1 && errno == EPERM))
+        die(2, "process_vm_readv is %s, the scenario expects it %s", rc == -1 && errno == EPERM ? "refused" : "open",
+            filtered ? "refused" : "open");
+
+    struct idle program = {0}, anonymous = {0};
+    idle_start(&program, "program", rseq_cs_own_desc());
+    idle_start(&anonymous, "anonymous", desc_page());
+    uint64_t program_cs = idle_cs(&program), anonymous_cs = idle_cs(&anonymous);
+    if (!program_cs || !anonymous_cs)
+        die(9, "inconclusive: an idle thread's rseq_cs is already 0");
+
+    void *fresh = map_pages(1);
+    check(rseqrt_munmap(fresh, pagesz) == 0, "rseqrt_munmap of a fresh page = 0");
+    check(idle_cs(&program) == program_cs, "program: its descriptor (in this program's .data) was read without a "
+          "system call and found not referring: rseq_cs unchanged (%#llx)", (unsigned long long)idle_cs(&program));
+    if (filtered)
+        check(idle_cs(&anonymous) == 0, "anonymous: its descriptor could not be read (process_vm_readv refused), "
+              "so it counted as referring and the thread's kernel cleared its rseq_cs: %#llx",
+              (unsigned long long)idle_cs(&anonymous));
+    else
+        check(idle_cs(&anonymous) == anonymous_cs, "anonymous: read with process_vm_readv, not referring: rseq_cs "
+              "unchanged (%#llx)", (unsigned long long)idle_cs(&anonymous));
+    idle_stop(&program);
+    idle_stop(&anonymous);
+    printf("survived\n");
+    return 0;
+}
