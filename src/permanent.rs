@@ -90,7 +90,7 @@ unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *m
 /// Call with the loader's lock held.
 unsafe fn find_closure(objects: &mut Objects) {
     // SAFETY: ld.so's list, stable under its lock.
-    let main = unsafe { (*ptr::addr_of!(crate::elf::_r_debug)).r_map } as *const LinkMap;
+    let main: *const LinkMap = unsafe { (*ptr::addr_of!(crate::elf::_r_debug)).r_map };
     if main.is_null() {
         return;
     }
