@@ -7,10 +7,12 @@
 //! ratio (paired), which cancels most of the drift of a shared, noisy machine.
 
 mod idle;
+mod stats;
 
 use crate::plot::{barrier_plot, replot};
 use crate::selftest::{write_plugins, TempDir};
 use serde::Serialize;
+use stats::{ratio_s, us, Samples, SamplesJson, Target};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -60,15 +62,15 @@ pub struct Args {
 pub enum Part {
     /// rseqrt_dlclose() vs dlclose(), none/one/all referring
     Dlclose,
-    /// The barrier vs its alternatives, against the thread count (the plot)
+    /// the barrier vs its floor and its alternatives, 1 to 10,000 threads (the plot)
     Barrier,
     /// rseqrt_munmap() and the preloaded munmap() vs munmap(), 64 threads
     Munmap,
-    /// The calls against their floors with idle threads in each state (zero, elsewhere)
+    /// the calls against their floors, idle threads in each state (zero, elsewhere)
     Idle,
     /// pthread_create() + pthread_join()
     Threads,
-    /// Reading the current CPU
+    /// reading the current CPU
     Cpu,
 }
 
@@ -105,48 +107,6 @@ fn default_lib_dir() -> PathBuf {
 
 fn default_out() -> PathBuf {
     source_root().map_or_else(|| PathBuf::from("rseqrt-bench"), |r| r.join("docs/bench"))
-}
-
-/// Per-key lists of per-repetition medians, plus '#' info lines.
-#[derive(Default)]
-struct Samples {
-    values: BTreeMap<String, Vec<f64>>,
-    info: BTreeMap<String, f64>,
-}
-
-impl Samples {
-    fn get(&self, key: &str) -> &[f64] {
-        self.values.get(key).map_or(&[], |v| v.as_slice())
-    }
-    fn median(&self, key: &str) -> Option<f64> {
-        median(self.get(key).to_vec())
-    }
-    /// Median over repetitions of a/b.
-    fn ratio(&self, a: &str, b: &str) -> Option<f64> {
-        median(self.ratios(a, b))
-    }
-    /// The per-repetition ratios a/b (paired).
-    fn ratios(&self, a: &str, b: &str) -> Vec<f64> {
-        let (a, b) = (self.get(a), self.get(b));
-        a.iter().zip(b).filter(|(_, y)| **y > 0.0).map(|(x, y)| x / y).collect()
-    }
-    fn merge(&mut self, other: Samples, prefix: &str) {
-        for (k, v) in other.values {
-            self.values.entry(format!("{prefix}{k}")).or_default().extend(v);
-        }
-        for (k, v) in other.info {
-            self.info.insert(format!("{prefix}{k}"), v);
-        }
-    }
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
 }
 
 struct Programs {
@@ -223,85 +183,6 @@ fn run_prog(prog: &Path, args: &[String], env: &[(&str, String)]) -> Result<Samp
 
 fn a(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
-}
-
-fn us(ns: Option<f64>) -> String {
-    match ns {
-        Some(n) if n >= 100_000.0 => format!("{:.0} us", n / 1000.0),
-        Some(n) if n >= 1000.0 => format!("{:.1} us", n / 1000.0),
-        Some(n) if n >= 100.0 => format!("{n:.0} ns"),
-        Some(n) => format!("{n:.2} ns"),
-        None => "n/a".into(),
-    }
-}
-
-fn ratio_s(r: Option<f64>) -> String {
-    r.map_or("n/a".into(), |r| format!("{r:.2}x"))
-}
-
-struct Target {
-    what: String,
-    ratio: Option<f64>,
-    limit: f64,
-}
-
-impl Target {
-    fn met(&self) -> Option<bool> {
-        self.ratio.map(|r| r <= self.limit)
-    }
-    fn result(&self) -> &'static str {
-        match self.met() {
-            Some(true) => "met",
-            Some(false) => "**missed**",
-            None => "not measured",
-        }
-    }
-}
-
-impl Serialize for Target {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Row<'a> {
-            target: &'a str,
-            ratio: Option<f64>,
-            limit: f64,
-            met: Option<bool>,
-        }
-        Row { target: &self.what, ratio: self.ratio, limit: self.limit, met: self.met() }.serialize(s)
-    }
-}
-
-/// One benchmark child's samples in results.json: for each key its median and per-repetition
-/// medians, then its '#' lines as `info_KEY`, then the ratios computed from them.
-#[derive(Serialize)]
-struct SamplesJson {
-    #[serde(flatten)]
-    values: BTreeMap<String, Measured>,
-    #[serde(flatten)]
-    info: BTreeMap<String, f64>,
-    #[serde(flatten, serialize_with = "in_order")]
-    ratios: Vec<(&'static str, Option<f64>)>,
-}
-
-/// Serializes (key, value) pairs as a map, in their order.
-fn in_order<S: serde::Serializer>(pairs: &[(&'static str, Option<f64>)], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_map(pairs.iter().copied())
-}
-
-#[derive(Serialize)]
-struct Measured {
-    median_ns: Option<f64>,
-    per_rep_ns: Vec<f64>,
-}
-
-impl SamplesJson {
-    fn new(s: &Samples, ratios: &[(&'static str, Option<f64>)]) -> SamplesJson {
-        SamplesJson {
-            values: s.values.iter().map(|(k, v)| (k.clone(), Measured { median_ns: median(v.clone()), per_rep_ns: v.clone() })).collect(),
-            info: s.info.iter().map(|(k, v)| (format!("info_{k}"), *v)).collect(),
-            ratios: ratios.to_vec(),
-        }
-    }
 }
 
 /// results.json. A part left out with `--only` is left out here too.

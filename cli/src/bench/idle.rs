@@ -5,7 +5,8 @@
 //!
 //! Target: in every state, each call at most 1.15x its floor at 64, 1,000 and 10,000 threads.
 
-use super::{a, median, ratio_s, run_prog, us, Programs, Samples, SamplesJson, Target};
+use super::stats::{median, ratio_s, us, Samples, SamplesJson, Target};
+use super::{a, run_prog, Programs};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -208,6 +209,15 @@ impl Idle {
                     let want = if state == "zero" { 0.0 } else { *threads as f64 };
                     if info("held_min") != want || info("held_max") != want {
                         notes.push(format!("{threads} idle threads, {process} process: {}-{} of the idle threads held a non-zero `rseq_cs` at the repetitions' starts and ends (expected {want})", info("held_min"), info("held_max")));
+                    }
+                    let count = |k: &str| info(k).max(0.0);
+                    let failed = count("failed_dlclose") + count("failed_munmap");
+                    if failed > 0.0 {
+                        let errno = std::io::Error::from_raw_os_error(info("failed_errno") as i32);
+                        notes.push(format!(
+                            "{threads} idle threads, {process} process: **{} call(s) failed** ({errno}): timed all the same, then the memory was freed with the plain call (no thread referred to it); failed rseqrt_dlclose(): {}, failed munmap: {}",
+                            failed, count("failed_dlclose"), count("failed_munmap")
+                        ));
                     }
                     if info("restored") > 0.0 {
                         notes.push(format!("{threads} idle threads, {process} process: a call woke the idle threads (the kernel then clears `rseq_cs`) before {} of the floor-and-call pairs; the state was put back each time, outside the timing", info("restored")));
