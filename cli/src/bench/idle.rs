@@ -203,24 +203,28 @@ impl Idle {
                         ratio_s(s.ratio(c.call, c.plain))
                     ));
                 }
-                for (process, s) in [("linked", Some(&cell.linked)), ("preloaded", cell.preload.as_ref())] {
+                let plural = if *threads == 1 { "thread" } else { "threads" };
+                for (process, s) in [(format!("{plural}, linked process"), Some(&cell.linked)), (format!("{plural}, preloaded process"), cell.preload.as_ref())] {
                     let Some(s) = s else { continue };
                     let info = |k: &str| s.info.get(k).copied().unwrap_or(-1.0);
                     let want = if state == "zero" { 0.0 } else { *threads as f64 };
                     if info("held_min") != want || info("held_max") != want {
-                        notes.push(format!("{threads} idle threads, {process} process: {}-{} of the idle threads held a non-zero `rseq_cs` at the repetitions' starts and ends (expected {want})", info("held_min"), info("held_max")));
+                        notes.push(format!("{} idle {process}: {}-{} of the idle threads held a non-zero `rseq_cs` at the repetitions' starts and ends (expected {want})", thousands(*threads), info("held_min"), info("held_max")));
                     }
                     let count = |k: &str| info(k).max(0.0);
                     let failed = count("failed_dlclose") + count("failed_munmap");
                     if failed > 0.0 {
-                        let errno = std::io::Error::from_raw_os_error(info("failed_errno") as i32);
+                        let errno = match info("failed_errno") as i32 {
+                            libc::ETIMEDOUT => "ETIMEDOUT".to_string(),
+                            n => format!("errno {n}"),
+                        };
                         notes.push(format!(
-                            "{threads} idle threads, {process} process: **{} call(s) failed** ({errno}): timed all the same, then the memory was freed with the plain call (no thread referred to it); failed rseqrt_dlclose(): {}, failed munmap: {}",
-                            failed, count("failed_dlclose"), count("failed_munmap")
+                            "{} idle {process}: **{} call(s) failed** ({errno}): timed all the same, then the memory was freed with the plain call (no thread referred to it); failed rseqrt_dlclose(): {}, failed munmap: {}",
+                            thousands(*threads), failed, count("failed_dlclose"), count("failed_munmap")
                         ));
                     }
                     if info("restored") > 0.0 {
-                        notes.push(format!("{threads} idle threads, {process} process: a call woke the idle threads (the kernel then clears `rseq_cs`) before {} of the floor-and-call pairs; the state was put back each time, outside the timing", info("restored")));
+                        notes.push(format!("{} idle {process}: a call woke the idle threads (the kernel then clears `rseq_cs`) before {} of the floor-and-call pairs; the state was put back each time, outside the timing", thousands(*threads), info("restored")));
                     }
                 }
             }
