@@ -3,7 +3,7 @@
  * turns its output into medians, ratios and plots).
  *
  *   rseqrt_bench dlclose PLUGIN THREADS REPS ITERS
- *   rseqrt_bench barrier THREADS REPS ITERS
+ *   rseqrt_bench barrier PLUGIN THREADS REPS ITERS
  *   rseqrt_bench munmap THREADS REPS ITERS [preload]
  *   rseqrt_bench threads REPS ITERS
  *   rseqrt_bench cpu REPS ITERS
