@@ -184,7 +184,7 @@ impl Idle {
         for &(state, holds) in STATES {
             let Some(by_threads) = self.0.get(state) else { continue };
             md.push_str(&format!("\n### {state}: each idle thread's `rseq_cs` holds {holds}\n\n"));
-            md.push_str("| idle threads | call | call | floor | call / floor | range | plain | call / plain (information) |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");
+            md.push_str("| idle threads | call | median call | median floor | call / floor | range over repetitions | plain call (part of the floor) | call / plain (information) |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n");
             let mut notes = Vec::new();
             for (threads, cell) in by_threads {
                 for c in CALLS {
