@@ -3,10 +3,11 @@
  * turns its output into medians, ratios and plots).
  *
  *   rseqrt_bench dlclose PLUGIN THREADS REPS ITERS
- *   rseqrt_bench barrier THREADS REPS ITERS
+ *   rseqrt_bench barrier PLUGIN THREADS REPS ITERS
  *   rseqrt_bench munmap THREADS REPS ITERS [preload]
  *   rseqrt_bench threads REPS ITERS
  *   rseqrt_bench cpu REPS ITERS
+ *   rseqrt_bench idle STATE THREADS REPS ITERS PLUGIN RESIDENT_LIB [preload]   (idle_states.c)
  *
  * Output: one line per repetition and measurement, "KEY NANOSECONDS", the median over ITERS
  * iterations of that repetition (per operation). Within a repetition the compared calls
@@ -33,27 +34,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifdef WITH_RSEQRT
-/* The few rseqrt entry points used here (as declared by <rseqrt.h>). */
-int rseqrt_owner(void);
-void *rseqrt_current_area(void);
-int rseqrt_current_cpu(void);
-int rseqrt_clear_all(unsigned int flags);
-int rseqrt_dlclose(void *handle);
-int rseqrt_munmap(void *addr, size_t len);
-#endif
+#include "bench.h"
 
 #define MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ (1 << 7)
 #define MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ (1 << 8)
 
-static uint64_t now_ns(void)
+uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void die(const char *what)
+void die(const char *what)
 {
     fprintf(stderr, "rseqrt_bench: %s: %s\n", what, strerror(errno));
     exit(2);
@@ -65,13 +58,13 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static double median(uint64_t *v, int n)
+double median(uint64_t *v, int n)
 {
     qsort(v, (size_t)n, sizeof *v, cmp_u64);
     return n % 2 ? (double)v[n / 2] : ((double)v[n / 2 - 1] + (double)v[n / 2]) / 2.0;
 }
 
-static void report(const char *key, uint64_t *samples, int n)
+void report(const char *key, uint64_t *samples, int n)
 {
     printf("%s %.1f\n", key, median(samples, n));
 }
@@ -80,16 +73,10 @@ static void report(const char *key, uint64_t *samples, int n)
 
 enum { CMD_NOTHING, CMD_RUN_CS, CMD_QUIT };
 
-struct worker {
-    pthread_t thread;
-    sem_t go;
-    _Atomic int cmd;
-    _Atomic pid_t tid;
-    _Atomic(uint64_t *) rseq_cs; /* address of the thread's rseq_cs field (linked build) */
-} __attribute__((aligned(64)));
-
-static struct worker *workers;
-static int nworkers;
+struct worker *workers;
+int nworkers;
+/* The workers' rseq_cs addresses side by side (NULL entries in the plain build). */
+static uint64_t **cs_addrs;
 static atomic_int acks;
 static int (*_Atomic cs_fn)(long *);
 static long counters[4096];
@@ -121,23 +108,56 @@ static void wait_acks(int n)
         sched_yield();
 }
 
-static void start_workers(int n)
+/* Small stacks (64 KiB), so that 10,000 idle threads take 640 MiB of address space and two
+ * mappings each (stack and guard page), well under vm.max_map_count. The machine is shared:
+ * when another process holds many threads, pthread_create() fails with EAGAIN for a while. */
+void start_workers(int n)
 {
     nworkers = n;
     workers = calloc((size_t)n, sizeof *workers);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 128 * 1024);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
     atomic_store(&acks, 0);
     for (int i = 0; i < n; i++) {
         sem_init(&workers[i].go, 0, 0);
-        if (pthread_create(&workers[i].thread, &attr, worker_main, &workers[i]) != 0)
-            die("pthread_create");
+        int rc, tries = 0;
+        while ((rc = pthread_create(&workers[i].thread, &attr, worker_main, &workers[i])) == EAGAIN && tries++ < 500)
+            nanosleep(&(struct timespec){.tv_nsec = 20 * 1000 * 1000}, NULL);
+        if (rc != 0) {
+            fprintf(stderr, "rseqrt_bench: pthread_create of idle thread %d of %d: %s\n", i + 1, n, strerror(rc));
+            exit(2);
+        }
     }
+    pthread_attr_destroy(&attr);
     wait_acks(n);
+    cs_addrs = calloc((size_t)n, sizeof *cs_addrs);
+    for (int i = 0; i < n; i++)
+        cs_addrs[i] = atomic_load(&workers[i].rseq_cs);
 }
 
-static void stop_workers(void)
+/* Four independent sums and no test per thread: of the loops tried, the fastest at 1,000 threads
+ * (6.0 us against 8.0 us for one sum with a NULL test per entry; all alike at 10,000). */
+uint64_t load_every_rseq_cs(void)
+{
+    if (nworkers == 0 || !cs_addrs[0])
+        return 0; /* the plain build: no addresses */
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int i = 0;
+    for (; i + 4 <= nworkers; i += 4) {
+        s0 += __atomic_load_n(cs_addrs[i], __ATOMIC_RELAXED);
+        s1 += __atomic_load_n(cs_addrs[i + 1], __ATOMIC_RELAXED);
+        s2 += __atomic_load_n(cs_addrs[i + 2], __ATOMIC_RELAXED);
+        s3 += __atomic_load_n(cs_addrs[i + 3], __ATOMIC_RELAXED);
+    }
+    for (; i < nworkers; i++)
+        s0 += __atomic_load_n(cs_addrs[i], __ATOMIC_RELAXED);
+    uint64_t sum = s0 + s1 + s2 + s3;
+    __asm__ volatile("" ::"r"(sum));
+    return sum;
+}
+
+void stop_workers(void)
 {
     for (int i = 0; i < nworkers; i++) {
         atomic_store(&workers[i].cmd, CMD_QUIT);
@@ -146,10 +166,11 @@ static void stop_workers(void)
     for (int i = 0; i < nworkers; i++)
         pthread_join(workers[i].thread, NULL);
     free(workers);
+    free(cs_addrs);
 }
 
 /* Makes workers [0, k) run the critical section once and go back to sleep (stale rseq_cs). */
-static void make_stale(int k, int (*fn)(long *))
+void make_stale(int k, int (*fn)(long *))
 {
     atomic_store(&cs_fn, fn);
     atomic_store(&acks, 0);
@@ -161,7 +182,7 @@ static void make_stale(int k, int (*fn)(long *))
 }
 
 /* How many workers have a non-zero rseq_cs right now (linked build; -1 if unknown). */
-static int __attribute__((unused)) count_stale(void)
+int count_stale(void)
 {
     int n = 0;
     for (int i = 0; i < nworkers; i++) {
@@ -205,12 +226,9 @@ static uint64_t timed_close(const char *plugin, int k, int *stale)
  * (a plain loop, no registry, no system call). */
 static uint64_t timed_scan_floor(void)
 {
-    uint64_t sum = 0, t0 = now_ns();
-    for (int i = 0; i < nworkers; i++)
-        sum += __atomic_load_n(atomic_load(&workers[i].rseq_cs), __ATOMIC_RELAXED);
-    uint64_t t1 = now_ns();
-    __asm__ volatile("" ::"r"(sum));
-    return t1 - t0;
+    uint64_t t0 = now_ns();
+    load_every_rseq_cs();
+    return now_ns() - t0;
 }
 #endif
 
@@ -293,15 +311,17 @@ static void bench_barrier(const char *plugin, int threads, int reps, int iters)
         die("dlopen");
     int (*inc)(long *) = (int (*)(long *))dlsym(h, "selftest_inc");
     start_workers(threads);
-    enum { IDLE, STALE, NAIVE, GLIBC, MEMB, NM };
-    const char *names[NM] = {"rseqrt_idle", "rseqrt_stale", "naive", "glibc", "membarrier"};
+    enum { IDLE, SCAN, STALE, NAIVE, GLIBC, MEMB, NM };
+    const char *names[NM] = {"rseqrt_idle", "scan_floor", "rseqrt_stale", "naive", "glibc", "membarrier"};
     uint64_t *s[NM];
     for (int m = 0; m < NM; m++)
         s[m] = calloc((size_t)iters, 8);
     uid_t uid = getuid();
     /* Two blocks per repetition: first the calls that leave blocked threads asleep (rseqrt with
-     * none stale, membarrier), then those that wake every thread, so that "idle" means idle. */
-    const int block_of[NM] = {[IDLE] = 0, [MEMB] = 0, [STALE] = 1, [NAIVE] = 1, [GLIBC] = 1};
+     * none stale, the scan floor, membarrier), then those that wake every thread, so that "idle"
+     * means idle. The scan floor: one load of every thread's rseq_cs, what any barrier that
+     * looks at every thread must at least do. */
+    const int block_of[NM] = {[IDLE] = 0, [SCAN] = 0, [MEMB] = 0, [STALE] = 1, [NAIVE] = 1, [GLIBC] = 1};
     for (int r = 0; r < reps; r++) {
         for (int block = 0; block < 2; block++) {
             for (int i = 0; i < iters; i++) {
@@ -309,7 +329,7 @@ static void bench_barrier(const char *plugin, int threads, int reps, int iters)
                     if (block_of[m] != block)
                         continue;
 #ifndef WITH_RSEQRT
-                    if (m == IDLE || m == STALE)
+                    if (m == IDLE || m == SCAN || m == STALE)
                         continue;
 #endif
                     if (m == STALE)
@@ -321,6 +341,9 @@ static void bench_barrier(const char *plugin, int threads, int reps, int iters)
                     case STALE:
                         if (rseqrt_clear_all(0) != 0)
                             die("rseqrt_clear_all");
+                        break;
+                    case SCAN:
+                        load_every_rseq_cs();
                         break;
 #endif
                     case NAIVE:
@@ -341,7 +364,7 @@ static void bench_barrier(const char *plugin, int threads, int reps, int iters)
         }
         for (int m = 0; m < NM; m++) {
 #ifndef WITH_RSEQRT
-            if (m == IDLE || m == STALE)
+            if (m == IDLE || m == SCAN || m == STALE)
                 continue;
 #endif
             report(names[m], s[m], iters);
@@ -352,21 +375,24 @@ static void bench_barrier(const char *plugin, int threads, int reps, int iters)
 
 /* ---- munmap ------------------------------------------------------------------------------ */
 
+void check_munmap_interposed(void)
+{
+    void *libc_h = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
+    void *ours = dlsym(RTLD_DEFAULT, "munmap"), *theirs = libc_h ? dlsym(libc_h, "munmap") : NULL;
+    Dl_info info;
+    if (ours == theirs || !dladdr(ours, &info) || !strstr(info.dli_fname, "rseqrt")) {
+        fprintf(stderr, "munmap preload: munmap is not interposed by librseqrt_preload.so\n");
+        exit(4);
+    }
+}
+
 static void bench_munmap(int threads, int reps, int iters, int preload)
 {
     start_workers(threads);
     const size_t len = 16 * 4096;
     uint64_t *a = calloc((size_t)iters, 8), *b = calloc((size_t)iters, 8);
-    if (preload) {
-        /* munmap must be the shim's, not the C library's. */
-        void *libc_h = dlopen("libc.so.6", RTLD_NOLOAD | RTLD_LAZY);
-        void *ours = dlsym(RTLD_DEFAULT, "munmap"), *theirs = libc_h ? dlsym(libc_h, "munmap") : NULL;
-        Dl_info info;
-        if (ours == theirs || !dladdr(ours, &info) || !strstr(info.dli_fname, "rseqrt")) {
-            fprintf(stderr, "munmap preload: munmap is not interposed by librseqrt_preload.so\n");
-            exit(4);
-        }
-    }
+    if (preload)
+        check_munmap_interposed();
     for (int r = 0; r < reps; r++) {
         for (int i = 0; i < iters; i++) {
             for (int m = 0; m < 2; m++) {
@@ -501,6 +527,8 @@ int main(int argc, char **argv)
         bench_threads(atoi(argv[2]), atoi(argv[3]));
     else if (argc >= 4 && !strcmp(argv[1], "cpu"))
         bench_cpu(atoi(argv[2]), atoi(argv[3]));
+    else if (argc >= 8 && !strcmp(argv[1], "idle"))
+        bench_idle(argc, argv);
     else {
         fprintf(stderr, "usage: see the comment at the top of rseqrt_bench.c\n");
         return 2;

@@ -53,15 +53,21 @@ enum Command {
     ///
     /// Measures, side by side in one run (medians over repeated runs):
     ///   rseqrt_dlclose() vs dlclose()                1/64/1000 idle threads; none/one/all stale
-    ///   barrier vs signal-all-and-ack vs glibc setuid() broadcast vs membarrier(PRIVATE_EXPEDITED_RSEQ)
+    ///   barrier vs its floor (one load per thread) vs signal-all-and-ack vs glibc setuid()
+    ///     broadcast vs membarrier(PRIVATE_EXPEDITED_RSEQ), 1 to 10,000 threads
     ///   rseqrt_munmap() and preloaded munmap() vs munmap(), 64 threads
+    ///   idle states: rseqrt_dlclose(), rseqrt_munmap(), preloaded munmap(), each vs its floor
+    ///     (the plain call, then one load of every idle thread's rseq_cs), 1 to 10,000 idle
+    ///     threads whose rseq_cs is 0 or points into the program or a library that stays loaded
     ///   pthread_create()+pthread_join(): rseqrt owning registration vs glibc owning it
     ///   rseqrt_current_cpu() vs sched_getcpu() vs the getcpu system call
     ///
     /// The benchmark programs are C programs compiled at run time with $CC (default cc) and
     /// linked against the C library (librseqrt.so) in --lib-dir. Targets are reported as met or
-    /// missed; a missed target never makes the command fail. With --replot, nothing is measured:
-    /// the plot is drawn again from the results.json of an earlier run.
+    /// missed; a missed target never makes the command fail. With --only, only the parts named
+    /// are measured (`--only idle`: the idle-state rows), and files are written only to --out.
+    /// With --replot, nothing is measured: the plot is drawn again from the results.json of an
+    /// earlier run.
     #[command(verbatim_doc_comment)]
     Bench(bench::Args),
     /// Print a shell completion script

@@ -1,5 +1,5 @@
-//! The benchmark's plot, barrier-latency.svg: the barrier's latency against the thread count, a
-//! log-log line chart drawn from results.json (right after measuring, or later with
+//! The benchmark's plot, barrier-latency.svg: the barrier's latency against the thread count,
+//! beside its floor (one load of every thread's `rseq_cs`) and its alternatives, a log-log line chart drawn from results.json (right after measuring, or later with
 //! `bench --replot`) with plotters' SVG backend. The SVG names its fonts and leaves their
 //! rendering to the viewer, so the command needs no font library.
 //!
@@ -22,10 +22,11 @@ const FONT: &str = "sans-serif";
 /// The plot's lines: (legend, key of the barrier benchmark's output, color, dashed).
 const BARRIER_SERIES: &[(&str, &str, RGBColor, bool)] = &[
     ("rseqrt, none stale", "rseqrt_idle", RGBColor(0x1f, 0x77, 0xb4), false),
+    ("floor: 1 load per thread", "scan_floor", RGBColor(0x7f, 0x7f, 0x7f), true),
     ("rseqrt, all stale", "rseqrt_stale", RGBColor(0x1f, 0x77, 0xb4), true),
     ("signal + ack (naive)", "naive", RGBColor(0xd6, 0x27, 0x28), false),
     ("glibc setuid() broadcast", "glibc", RGBColor(0xff, 0x7f, 0x0e), false),
-    ("membarrier RSEQ (floor)", "membarrier", RGBColor(0x2c, 0xa0, 0x2c), true),
+    ("membarrier RSEQ", "membarrier", RGBColor(0x2c, 0xa0, 0x2c), true),
 ];
 
 /// barrier-latency.svg, from the `barrier` object of results.json (thread count -> key ->
@@ -42,7 +43,10 @@ pub fn barrier_plot(barrier: &serde_json::Value) -> Result<String, String> {
             }
         }
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push(Series { name: name.into(), color, dashed, points });
+        // A results.json from before a series existed has no points for it: no legend entry.
+        if !points.is_empty() {
+            series.push(Series { name: name.into(), color, dashed, points });
+        }
     }
     line_chart("Barrier latency vs thread count (idle threads)", "threads in the process", "latency (microseconds, log scale)", &series)
 }

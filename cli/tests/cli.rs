@@ -152,7 +152,7 @@ fn help_on_every_command() {
         assert!(out.lines().any(|l| l.trim_start().starts_with(command)), "--help does not list {command}: {out}");
     }
     let (_, out, _) = run(&["bench", "--help"]);
-    for option in ["--quick", "--out <DIR>", "--lib-dir <DIR>", "--replot <RESULTS_JSON>"] {
+    for option in ["--quick", "--only <PARTS>", "--idle-threads <COUNTS>", "--out <DIR>", "--lib-dir <DIR>", "--replot <RESULTS_JSON>"] {
         assert!(out.contains(option), "bench --help does not list {option}: {out}");
     }
 }
@@ -160,7 +160,7 @@ fn help_on_every_command() {
 #[test]
 fn usage_errors_exit_2() {
     for args in [&[][..], &["no-such-command"], &["info", "--no-such-option"], &["bench", "--out"], &["completions", "no-such-shell"],
-                 &["bench", "--quick", "--replot", "results.json"]] {
+                 &["bench", "--quick", "--replot", "results.json"], &["bench", "--only", "nothing"], &["bench", "--idle-threads", "many"]] {
         let (code, out, err) = run(args);
         assert_eq!(code, 2, "{args:?}: {out} {err}");
         assert!(err.contains("Usage: rseqrt") || err.starts_with("error: ") && err.contains("--help"), "{args:?}: no error or usage on stderr: {err}");
@@ -198,15 +198,15 @@ fn completions_know_the_commands() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "selftest");
 }
 
-/// A small results.json: the barrier at 1, 10 and 100 threads, from 50 ns to 5 ms.
+/// A small results.json: the barrier at 1, 10 and 100 threads, from 20 ns to 5 ms.
 fn small_results() -> Value {
     let at = |ns: f64| json!({ "median_ns": ns, "per_rep_ns": [ns] });
     json!({
         "generated_by": "a test",
         "barrier": {
-            "1": { "rseqrt_idle": at(50.0), "rseqrt_stale": at(20_000.0), "naive": at(10_000.0), "glibc": at(25_000.0), "membarrier": at(500.0) },
-            "10": { "rseqrt_idle": at(60.0), "rseqrt_stale": at(90_000.0), "naive": at(60_000.0), "glibc": at(100_000.0), "membarrier": at(500.0) },
-            "100": { "rseqrt_idle": at(200.0), "rseqrt_stale": at(900_000.0), "naive": at(600_000.0), "glibc": at(5_000_000.0), "membarrier": at(550.0) }
+            "1": { "rseqrt_idle": at(50.0), "scan_floor": at(20.0), "rseqrt_stale": at(20_000.0), "naive": at(10_000.0), "glibc": at(25_000.0), "membarrier": at(500.0) },
+            "10": { "rseqrt_idle": at(60.0), "scan_floor": at(30.0), "rseqrt_stale": at(90_000.0), "naive": at(60_000.0), "glibc": at(100_000.0), "membarrier": at(500.0) },
+            "100": { "rseqrt_idle": at(200.0), "scan_floor": at(150.0), "rseqrt_stale": at(900_000.0), "naive": at(600_000.0), "glibc": at(5_000_000.0), "membarrier": at(550.0) }
         }
     })
 }
@@ -223,6 +223,7 @@ fn replot_draws_the_plot_from_results_json() {
     // y: 0.05 us .. 5,000 us, so the decades 0.01 .. 10,000; x: 1 .. 100 threads.
     check_plot(&svg, &["0.01", "0.1", "1", "10", "100", "1,000", "10,000"]);
     let texts = svg_texts(&svg);
+    assert!(texts.iter().any(|t| t == "floor: 1 load per thread"), "no floor in the legend: {texts:?}");
     assert!(!texts.iter().any(|t| t == "100,000" || t == "1,000,000" || t == "0.001"), "axes wider than the data: {texts:?}");
 
     let other = dir.0.join("elsewhere");
@@ -257,6 +258,52 @@ fn replot_of_a_bad_file_fails_clearly() {
     }
 }
 
+/// The idle-state rows of a results.json: every state at each thread count, every call against its
+/// floor, and the states as they were meant (every idle thread holding a descriptor, or none).
+fn check_idle(j: &Value, counts: &[&str]) {
+    let idle = get(j, "idle");
+    for state in ["zero", "main", "lib", "dlopen"] {
+        for &threads in counts {
+            let cell = get(get(idle, state), threads);
+            for call in ["rseqrt_dlclose", "rseqrt_munmap", "preloaded_munmap"] {
+                let r = get(get(get(cell, "ratios"), call), "to_floor");
+                assert!(r.as_f64().is_some_and(|r| r > 0.0), "{state}, {threads} threads, {call}: {r}");
+            }
+            let want = if state == "zero" { 0.0 } else { threads.parse().unwrap() };
+            for process in ["linked", "preloaded"] {
+                let p = get(cell, process);
+                for held in ["info_held_min", "info_held_max"] {
+                    assert_eq!(get(p, held).as_f64(), Some(want), "{state}, {threads} threads, {process}: {held}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bench_only_idle() {
+    let lib_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/lib");
+    if !lib_dir.join("librseqrt.so").exists() {
+        panic!("{} has no librseqrt.so: run `make` first (make check does)", lib_dir.display());
+    }
+    let lib = lib_dir.to_str().unwrap();
+    // Without --out: the tables on stdout, no file written.
+    let (code, out, err) = run(&["bench", "--quick", "--only", "idle", "--idle-threads", "1", "--lib-dir", lib]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("## Targets against the floor") && out.contains("### dlopen:") && out.contains("nothing written"), "{out}");
+    assert!(!out.contains("## The barrier vs"), "--only idle measured the barrier: {out}");
+    // With --out: results.md and results.json holding the idle part only, and no plot.
+    let dir = Scratch::new("bench-only");
+    let (code, out, err) = run(&["bench", "--quick", "--only", "idle", "--idle-threads", "1,2", "--lib-dir", lib, "--out", dir.0.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let j = parse(&std::fs::read_to_string(dir.0.join("results.json")).unwrap());
+    check_idle(&j, &["1", "2"]);
+    for part in ["dlclose", "barrier", "munmap", "thread_start", "current_cpu"] {
+        assert!(j.get(part).is_none(), "--only idle wrote {part}");
+    }
+    assert!(!dir.0.join("barrier-latency.svg").exists(), "--only idle drew the barrier plot");
+}
+
 #[test]
 fn bench_quick_writes_the_result_files() {
     let lib_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/lib");
@@ -280,7 +327,10 @@ fn bench_quick_writes_the_result_files() {
     }
     for threads in get(&j, "barrier").as_object().expect("barrier is an object").values() {
         assert!(get(get(threads, "rseqrt_idle"), "median_ns").as_f64().is_some_and(|ns| ns > 0.0), "{threads}");
+        assert!(get(get(threads, "scan_floor"), "median_ns").as_f64().is_some_and(|ns| ns > 0.0), "{threads}");
     }
+    check_idle(&j, &["1", "64", "1000"]);
+    assert!(md.contains("## Targets against the floor"), "{md}");
     // The plot is drawn from what results.json holds: replotting it gives the same SVG.
     let svg = std::fs::read_to_string(out_dir.0.join("barrier-latency.svg")).unwrap();
     check_plot(&svg, &["1", "10", "100"]);
