@@ -663,10 +663,18 @@ static void tm_start(struct tm_thread *s, enum tm_call call)
     wait_sleeping(atomic_load(&s->tid), tm_names[call]);
 }
 
+static void tm_wake_handler(int sig)
+{
+    (void)sig;
+}
+
 /* Wakes and joins the thread (sigsuspend's only wake-up is a signal its full mask lets through:
- * the reserved one). */
+ * the reserved one, which rseqrt shares: with a handler of the program's on its number, the
+ * program's own pthread_kill() of it runs that handler and ends the sigsuspend). */
 static void tm_finish(struct tm_thread *s)
 {
+    if (s->call == TM_SIGSUSPEND && signal(rseqrt_signal(), tm_wake_handler) == SIG_ERR)
+        die(2, "signal(%d): %s", rseqrt_signal(), strerror(errno));
     atomic_store(&s->stop, 1);
     write_byte(s->pipe[1]);
     double t0 = now_ms();

@@ -16,7 +16,7 @@
 use crate::elf::LinkMap;
 use core::ffi::c_void;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering::{Acquire, Relaxed, Release}};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::{Acquire, Relaxed, Release}};
 
 const MAX_SEGMENTS: usize = 256;
 const MAX_OBJECTS: usize = 128;
@@ -25,12 +25,21 @@ const MAX_OBJECTS: usize = 128;
 static STARTS: [AtomicUsize; MAX_SEGMENTS] = [const { AtomicUsize::new(0) }; MAX_SEGMENTS];
 static ENDS: [AtomicUsize; MAX_SEGMENTS] = [const { AtomicUsize::new(0) }; MAX_SEGMENTS];
 static COUNT: AtomicUsize = AtomicUsize::new(0);
+/// The objects themselves (their link maps); the first [`OBJECT_COUNT`] are valid.
+static OBJECTS: [AtomicPtr<LinkMap>; MAX_OBJECTS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_OBJECTS];
+static OBJECT_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether `[addr, addr + len)` lies inside one recorded segment.
 pub fn holds(addr: usize, len: usize) -> bool {
     let Some(end) = addr.checked_add(len) else { return false };
     let n = COUNT.load(Acquire);
     (0..n).any(|i| STARTS[i].load(Relaxed) <= addr && end <= ENDS[i].load(Relaxed))
+}
+
+/// Whether `m` is one of the recorded objects (which `dlclose()` never unmaps).
+pub fn is_object(m: *const LinkMap) -> bool {
+    let n = OBJECT_COUNT.load(Acquire);
+    OBJECTS[..n].iter().any(|o| o.load(Relaxed) as *const LinkMap == m)
 }
 
 /// The main program's objects, found under the loader's lock.
@@ -58,6 +67,10 @@ unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *m
     if objects.count == 0 {
         // SAFETY: under the loader's lock (see `note`).
         unsafe { find_closure(objects) };
+        for (slot, &m) in OBJECTS.iter().zip(&objects.maps[..objects.count]) {
+            slot.store(m as *mut LinkMap, Relaxed);
+        }
+        OBJECT_COUNT.store(objects.count, Release);
     }
     let base = info.dlpi_addr as usize;
     // SAFETY: entries are loaded objects, under the loader's lock.
@@ -103,7 +116,7 @@ unsafe fn find_closure(objects: &mut Objects) {
         next += 1;
         for name in needed.iter().flatten() {
             // SAFETY: as above.
-            let Some(dep) = (unsafe { crate::unmap::find_loaded(main, name) }) else { continue };
+            let Some(dep) = (unsafe { crate::unmap::find_loaded(main, name, |_| false) }) else { continue };
             if !objects.maps[..objects.count].contains(&dep) {
                 if objects.count == MAX_OBJECTS {
                     return;

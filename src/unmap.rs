@@ -160,7 +160,8 @@ unsafe fn candidates(handle: *const LinkMap) -> Result<Candidates, Unmaps> {
     let mut objects = [ptr::null::<LinkMap>(); MAX_OBJECTS];
     let mut count = 0;
     add(&mut objects, &mut count, handle)?;
-    // Certain: the handle's object and its DT_NEEDED closure.
+    // Certain: the handle's object and its DT_NEEDED closure, without the objects loaded at
+    // startup (never unloaded: `permanent`), which are neither compared by name nor followed.
     let mut next = 0;
     while next < count {
         // SAFETY: every entry is a loaded object of the loader's list, under its lock.
@@ -168,7 +169,7 @@ unsafe fn candidates(handle: *const LinkMap) -> Result<Candidates, Unmaps> {
         next += 1;
         for name in needed.iter().flatten() {
             // SAFETY: as above.
-            if let Some(dep) = unsafe { find_loaded(handle, name) } {
+            if let Some(dep) = unsafe { find_loaded(handle, name, crate::permanent::is_object) } {
                 add(&mut objects, &mut count, dep)?;
             }
         }
@@ -250,11 +251,12 @@ pub(crate) unsafe fn needed_names(m: &LinkMap) -> Option<[Option<&CStr>; 64]> {
     Some(out)
 }
 
-/// The loaded object, in the list `any` belongs to, whose SONAME or file name is `name`.
+/// The loaded object, in the list `any` belongs to, whose SONAME or file name is `name`, among
+/// those `skip` does not name.
 ///
 /// # Safety
 /// `any` must be a loaded object.
-pub(crate) unsafe fn find_loaded(any: *const LinkMap, name: &CStr) -> Option<*const LinkMap> {
+pub(crate) unsafe fn find_loaded(any: *const LinkMap, name: &CStr, skip: impl Fn(*const LinkMap) -> bool) -> Option<*const LinkMap> {
     let mut m = any;
     // SAFETY: the loader's list; every element is a loaded object with mapped tables.
     unsafe {
@@ -263,6 +265,10 @@ pub(crate) unsafe fn find_loaded(any: *const LinkMap, name: &CStr) -> Option<*co
         }
         while !m.is_null() {
             let obj = &*m;
+            if skip(m) {
+                m = obj.l_next;
+                continue;
+            }
             let soname = obj.dyn_val(DT_SONAME)
                 .zip(obj.dyn_ptr(DT_STRTAB))
                 .map(|(off, strtab)| CStr::from_ptr((strtab + off) as *const libc::c_char));
