@@ -210,13 +210,17 @@ unsafe fn candidates(handle: *const LinkMap) -> Result<Candidates, Unmaps> {
 /// object as it is unmapped. So the caller's area is unregistered around the call (its
 /// critical sections then take their fallback paths) and registered again after.
 pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
-    let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
-    match dlclose_ranges(handle, &mut ranges) {
-        Unmaps::Objects { certain, possible } => {
-            barrier::clear_with_possible(&ranges[..certain], &ranges[certain..certain + possible], 0)?
+    // A dlclose() never unmaps the objects loaded at startup: when no thread refers to anything
+    // else, neither the walk nor the barrier is needed.
+    if !barrier::only_permanent_referred() {
+        let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
+        match dlclose_ranges(handle, &mut ranges) {
+            Unmaps::Objects { certain, possible } => {
+                barrier::clear_with_possible(&ranges[..certain], &ranges[certain..certain + possible], 0)?
+            }
+            Unmaps::Everything => barrier::clear_all(0)?,
+            Unmaps::Nothing => {}
         }
-        Unmaps::Everything => barrier::clear_all(0)?,
-        Unmaps::Nothing => {}
     }
     let next = crate::real::DLCLOSE.get();
     if next == 0 {

@@ -46,10 +46,12 @@
 mod acked;
 mod broadcast;
 mod descriptor;
+mod quick;
 mod unknown;
 pub mod expedite;
 
 pub use descriptor::Range;
+pub use quick::only_permanent_referred;
 use descriptor::{Classifier, Target};
 
 use crate::abi::RseqrtArea;
@@ -84,7 +86,7 @@ struct Suspect {
 }
 
 /// Reads a thread's `rseq_cs`, which that thread and its kernel write concurrently: an atomic load.
-fn read_cs(area: *mut RseqrtArea) -> u64 {
+pub(super) fn read_cs(area: *mut RseqrtArea) -> u64 {
     // SAFETY: areas come from LIVE registry slots read under a ReadGuard, so their threads cannot
     // finish exiting (and free the area) while the barrier runs; the field is 8-byte aligned, and
     // rseqrt stores to it only atomically (`registration::clear_own_rseq_cs`).

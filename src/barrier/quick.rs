@@ -1,0 +1,50 @@
+//! QUICK: whether every thread's `rseq_cs` is 0 or refers only to memory that never goes away
+//! (`permanent`: the program and the objects it needs). Then no `dlclose()` can unmap anything a
+//! thread refers to, and `rseqrt_dlclose()` skips the link-map walk and the barrier: in a process
+//! whose critical sections live in the program or its libraries (the common case), idle threads
+//! hold such values, and the check is the scan's one load per thread.
+//!
+//! It answers `false` (run the full barrier) whenever it cannot be sure: a value elsewhere, a
+//! descriptor whose code or abort signature lies elsewhere, or threads the registry does not know.
+//! Guarantees: async-signal-safe, allocation-free, no system call.
+
+use super::read_cs;
+use crate::abi::rseq_cs;
+use crate::registry::ReadGuard;
+use crate::{census, permanent, state};
+use core::mem::size_of;
+
+/// Whether a thread holding `value` can refer only to permanent memory.
+fn permanent_value(value: u64) -> bool {
+    let addr = value as usize;
+    if !permanent::holds(addr, size_of::<rseq_cs>()) {
+        return false;
+    }
+    // SAFETY: the descriptor lies inside a readable segment of an object never unloaded.
+    let cs = unsafe { core::ptr::read_volatile(addr as *const rseq_cs) };
+    let (start, abort) = (cs.start_ip as usize, cs.abort_ip as usize);
+    permanent::holds(start, cs.post_commit_offset as usize) && abort >= 4 && permanent::holds(abort - 4, 4)
+}
+
+/// Whether no thread's `rseq_cs` can refer to memory outside `permanent` (see the module).
+pub fn only_permanent_referred() -> bool {
+    if state::none_reason().is_some() {
+        return false; // areas rseqrt cannot see
+    }
+    let mut last = 0u64;
+    let mut ok = true;
+    let mut check = |value: u64| {
+        if value != 0 && value != last {
+            ok &= permanent_value(value);
+            last = value;
+        }
+    };
+    check(read_cs(state::current_area()));
+    let guard = ReadGuard::new();
+    guard.for_each_live(|_, area| {
+        if !area.is_null() {
+            check(read_cs(area));
+        }
+    });
+    ok && census::all_threads_known(&guard)
+}
