@@ -26,13 +26,25 @@ pub fn reserved() -> c_int {
 }
 
 /// Acknowledgement cells, indexed by thread id modulo their number: (tid << 32) | generation.
+/// (Threads LIVE in the registry acknowledge in their slots too: `registry::acknowledged`.)
 const ACK_CELLS: usize = 4096;
 static ACKS: [AtomicU64; ACK_CELLS] = [const { AtomicU64::new(0) }; ACK_CELLS];
 static ACK_GENERATION: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn on_reserved_signal(_sig: c_int) {
-    let tid = crate::platform::gettid();
+    acknowledge();
+}
+
+/// Records that the calling thread ran the handler: in its registry slot when it is LIVE there
+/// (its own: thousands of threads acknowledge at once without sharing), and in the cell of its
+/// thread id (for rounds that do not know it by a slot; threads share cells, and a round resends
+/// when an acknowledgement was overwritten). Async-signal-safe: a TLS load, `gettid`, stores.
+fn acknowledge() {
     let generation = ACK_GENERATION.load(SeqCst);
+    if let Some(idx) = crate::registration::current_slot() {
+        crate::registry::acknowledge(idx, generation);
+    }
+    let tid = crate::platform::gettid();
     ACKS[ack_cell(tid)].store(((tid as u32 as u64) << 32) | generation as u64, SeqCst);
 }
 
@@ -48,7 +60,8 @@ pub fn next_ack_generation() -> u32 {
     ACK_GENERATION.fetch_add(1, SeqCst).wrapping_add(1)
 }
 
-/// Whether thread `tid` ran the handler since `next_ack_generation()` returned `generation`.
+/// Whether thread `tid` ran the handler since `next_ack_generation()` returned `generation`,
+/// by its cell (threads that share it may overwrite it: the round then resends).
 pub fn acknowledged(tid: i32, generation: u32) -> bool {
     let cell = ACKS[ack_cell(tid)].load(SeqCst);
     (cell >> 32) as u32 == tid as u32 && (cell as u32).wrapping_sub(generation) as i32 >= 0

@@ -159,9 +159,9 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         let me = state::current_area();
         let mut rounds = acked::Rounds::new(true, flags, &deadline_ns);
         let mut result = Ok(());
-        guard.for_each_live(|tid, area| {
+        guard.for_each_live_slot(|slot, tid, area| {
             if result.is_ok() && area != me && !area.is_null() && classify_possible.refers(read_cs(area)) {
-                result = rounds.push(tid);
+                result = rounds.push(tid, Some(slot));
             }
         });
         result?;
