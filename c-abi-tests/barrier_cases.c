@@ -45,9 +45,9 @@
 #include <ucontext.h>
 #include <unistd.h>
 
-#include "census_probe.h" /* the fstat trap and glibc's own pthread_create */
 #include "raw_clone.h"
 #include "test_common.h" /* crash_common.h, rseq_cs.h, <rseqrt.h> and the shared helpers */
+#include "census_probe.h" /* the fstat trap and glibc's own pthread_create */
 
 /* ------------------------------------------------------------------ helpers */
 

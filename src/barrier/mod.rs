@@ -56,20 +56,22 @@ use crate::abi::RseqrtArea;
 use crate::platform::{self, Errno};
 use crate::registry::ReadGuard;
 use crate::state::{self, Owner};
-use crate::{config, registration, signal};
+use crate::{config, registration, registry, signal};
 use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Flag: the caller may be a signal handler; use only async-signal-safe steps.
 pub const SIGNAL_SAFE: u32 = 1;
 
-/// At most this many threads are chased at once; more are handled in further rounds.
+/// Suspects collected on the stack; more are chased all at once from the barrier's scratch
+/// memory (`registry::Scratch`), or, if it cannot be mapped, in further rounds of this many.
 const BATCH: usize = 64;
 /// How long to spin after membarrier before signalling: running threads clear within a few
 /// microseconds (measured); a blocked one never will, so waiting longer only delays its signal.
 const EXPEDITE_SPIN_NS: u64 = 10_000;
-/// While waiting for signalled threads: yield (no timer) for this long, then sleep in growing
-/// steps. A sleep is rounded up by the timer slack (50 us by default), more than a delivery takes.
+/// While waiting for signalled threads: yield (no timer) until none has taken the signal for this
+/// long, then sleep in growing steps. A sleep is rounded up by the timer slack (50 us by
+/// default), more than a delivery takes.
 const YIELD_NS: u64 = 200_000;
 /// Resend interval for threads that have not yet taken the signal.
 const RESEND_NS: u64 = 10_000_000;
@@ -139,9 +141,11 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         }
     };
     let guard = ReadGuard::new();
+    let mut scratch = guard.scratch();
     loop {
-        let mut batch = [Suspect { tid: 0, area: core::ptr::null_mut() }; BATCH];
-        let n = scan(&guard, &mut classify, &mut batch);
+        let none = Suspect { tid: 0, area: core::ptr::null_mut() };
+        let mut batch = [none; BATCH];
+        let mut n = scan(&guard, &mut classify, &mut batch);
         if n == 0 {
             break;
         }
@@ -149,7 +153,19 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         if platform::monotonic_ns() >= deadline {
             return Err(Errno(libc::ETIMEDOUT)); // threads keep re-entering the memory's critical sections
         }
-        let pending = &mut batch[..n];
+        // More than a batch: scan again into scratch memory sized for every thread, so that all
+        // are chased at once (one wait for the slowest, as a broadcast would), not in batches.
+        let mut all = None;
+        if n == BATCH {
+            if let Some(room) = scratch.as_mut().and_then(|s| s.get(registry::slots_handed_out() + BATCH, none)) {
+                n = scan(&guard, &mut classify, room);
+                all = Some(room);
+            }
+        }
+        let pending = match all {
+            Some(room) => &mut room[..n],
+            None => &mut batch[..n],
+        };
         let left = expedite(pending, &mut classify);
         if left > 0 {
             signal_and_wait(&mut pending[..left], &mut classify, deadline, flags)?;
@@ -167,7 +183,9 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         result?;
         rounds.flush()?;
     }
-    unknown::cover(&guard, owner, flags, areas_unknown, deadline_ns, &mut |value| classify.refers(value) || classify_possible.refers(value))
+    unknown::cover(&guard, scratch.as_mut(), owner, flags, areas_unknown, deadline_ns, &mut |value| {
+        classify.refers(value) || classify_possible.refers(value)
+    })
 }
 
 /// The calling thread clears its own field directly: it is in user space, so its kernel is not
@@ -180,8 +198,8 @@ fn clear_own(classify: &mut Classifier<'_>) {
     }
 }
 
-/// SCAN: collects up to `BATCH` other threads whose `rseq_cs` refers to the memory.
-fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect; BATCH]) -> usize {
+/// SCAN: collects up to `out.len()` other threads whose `rseq_cs` refers to the memory.
+fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect]) -> usize {
     let mine = state::current_area();
     let mut n = 0;
     guard.for_each_live(|tid, area| {
@@ -191,7 +209,7 @@ fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect; BA
         // The zero test inline: most threads hold no `rseq_cs`, and a loop this short keeps many
         // of these (cache- and TLB-missing) loads in flight at once.
         let value = read_cs(area);
-        if value != 0 && n < BATCH && classify.refers(value) {
+        if value != 0 && n < out.len() && classify.refers(value) {
             out[n] = Suspect { tid, area };
             n += 1;
         }
@@ -235,7 +253,7 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
     let pid = platform::getpid();
     let mut left = pending.len();
     let mut pause_ns = 20_000;
-    let yield_until = platform::monotonic_ns() + YIELD_NS;
+    let mut yield_until = platform::monotonic_ns() + YIELD_NS;
     let escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
     let mut escalated = false;
     loop {
@@ -261,11 +279,18 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
         }
         let resend_at = platform::monotonic_ns() + RESEND_NS;
         loop {
+            let before = left;
             left = settle(&mut pending[..left], classify);
             if left == 0 {
                 return Ok(());
             }
             let now = platform::monotonic_ns();
+            if left < before {
+                // Threads are still taking the signal (thousands may queue for a CPU): keep
+                // yielding; sleep only once none has for a while (they may block it).
+                yield_until = now + YIELD_NS;
+                pause_ns = 20_000;
+            }
             if now >= deadline {
                 return Err(Errno(libc::ETIMEDOUT));
             }

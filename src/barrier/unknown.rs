@@ -29,7 +29,7 @@ use super::{broadcast, SIGNAL_SAFE};
 use crate::census;
 use crate::libc_private;
 use crate::platform::{self, Errno};
-use crate::registry::{self, ReadGuard, SlotIndex};
+use crate::registry::{self, ReadGuard, Scratch, SlotIndex};
 use crate::signal;
 use crate::state::Owner;
 
@@ -46,8 +46,10 @@ const BLOCKED_LOOKUPS: usize = 16;
 /// and some other library may have registered areas it cannot see).
 ///
 /// `refers(value)`: whether an `rseq_cs` holding `value` refers to the memory being freed.
+/// `scratch`: the barrier's scratch memory, for the table of known threads.
 pub fn cover(
     guard: &ReadGuard,
+    scratch: Option<&mut Scratch<'_>>,
     owner: Owner,
     flags: u32,
     all_unknown: bool,
@@ -69,9 +71,8 @@ pub fn cover(
     // Threads that are exiting are known too: they unregistered their areas, so they need
     // nothing (see `registry::still_exiting`), however many exit at once.
     let mut small = [0u64; KNOWN_CELLS];
-    let mut scratch = guard.scratch();
     let cells = (registry::slots_handed_out() + 8).saturating_mul(2).next_power_of_two();
-    let known: &mut [u64] = match scratch.as_mut().filter(|_| cells > KNOWN_CELLS) {
+    let known: &mut [u64] = match scratch.filter(|_| cells > KNOWN_CELLS) {
         Some(s) => s.get(cells, 0).unwrap_or(&mut small),
         None => &mut small,
     };
