@@ -200,13 +200,14 @@ pub fn release(idx: SlotIndex) {
 }
 
 /// The reserved signal's handler ran in the thread of slot `idx` (its own) at acknowledgement
-/// generation `generation`. Async-signal-safe: one store.
-pub fn acknowledge(idx: SlotIndex, generation: u32) {
+/// generation `generation`; returns the thread's id when the slot is LIVE (it then holds it).
+/// Async-signal-safe: loads and one store.
+pub fn acknowledge(idx: SlotIndex, generation: u32) -> Option<i32> {
     // Only LIVE: before `activate` the word still holds the start argument (and is then reset).
     // Only the thread itself changes its slot's state, so the check holds for the store.
-    if let Some(s) = slot(idx).filter(|s| s.state.load(SeqCst) == LIVE) {
-        s.arg.store(generation as usize, SeqCst);
-    }
+    let s = slot(idx).filter(|s| s.state.load(SeqCst) == LIVE)?;
+    s.arg.store(generation as usize, SeqCst);
+    Some(s.tid.load(Relaxed))
 }
 
 /// Whether thread `tid` of slot `idx` acknowledged at `generation` or later, or has left the

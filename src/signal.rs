@@ -30,6 +30,14 @@ pub fn reserved() -> c_int {
 const ACK_CELLS: usize = 4096;
 static ACKS: [AtomicU64; ACK_CELLS] = [const { AtomicU64::new(0) }; ACK_CELLS];
 static ACK_GENERATION: AtomicU32 = AtomicU32::new(0);
+/// Runs of the handler so far (wrapping): a waiting barrier looks at every thread it signalled
+/// again only when enough have run, instead of polling thousands of fields.
+static HANDLED: AtomicU32 = AtomicU32::new(0);
+
+/// Runs of the reserved signal's handler so far, in every thread (wrapping).
+pub fn handled() -> u32 {
+    HANDLED.load(SeqCst)
+}
 
 extern "C" fn on_reserved_signal(_sig: c_int) {
     acknowledge();
@@ -38,14 +46,15 @@ extern "C" fn on_reserved_signal(_sig: c_int) {
 /// Records that the calling thread ran the handler: in its registry slot when it is LIVE there
 /// (its own: thousands of threads acknowledge at once without sharing), and in the cell of its
 /// thread id (for rounds that do not know it by a slot; threads share cells, and a round resends
-/// when an acknowledgement was overwritten). Async-signal-safe: a TLS load, `gettid`, stores.
+/// when an acknowledgement was overwritten). Async-signal-safe: a TLS load, loads and stores
+/// (`gettid` for a thread without a LIVE slot).
 fn acknowledge() {
     let generation = ACK_GENERATION.load(SeqCst);
-    if let Some(idx) = crate::registration::current_slot() {
-        crate::registry::acknowledge(idx, generation);
-    }
-    let tid = crate::platform::gettid();
+    let slot = crate::registration::current_slot();
+    // A LIVE slot holds the thread's id: no system call in the common case.
+    let tid = slot.and_then(|idx| crate::registry::acknowledge(idx, generation)).unwrap_or_else(crate::platform::gettid);
     ACKS[ack_cell(tid)].store(((tid as u32 as u64) << 32) | generation as u64, SeqCst);
+    HANDLED.fetch_add(1, SeqCst);
 }
 
 /// The acknowledgement cell of thread `tid` (two threads sharing one must not be signalled in

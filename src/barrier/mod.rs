@@ -15,10 +15,11 @@
 //!    │ suspects: threads whose rseq_cs refers to the memory            ▲
 //!    ▼                                                                 │
 //!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), short spin ──all clear┤
-//!    │ still referring (blocked or preempted threads)                  │
+//!    │ still referring (blocked or preempted threads); skipped for    │
+//!    │ more suspects than a batch (most of them blocked)               │
 //!    ▼                                                                 │
-//!   SIGNAL: reserved signal to each, wait (resend every 10 ms) ──all clear┤
-//!    │ still referring after 20 ms (the thread blocks the signal)      │
+//!   SIGNAL: reserved signal to each, wait (resend after 10 ms) ──all clear┤
+//!    │ none changed for 20 ms (the rest block the signal)              │
 //!    ▼                                                                 │
 //!   BROADCAST: glibc's SIGSETXID to every glibc thread ────all clear───┘
 //!    │ deadline passed (RSEQRT_TIMEOUT_MS)
@@ -32,7 +33,9 @@
 //! where glibc's broadcast could wait forever, BROADCAST is skipped: only the deadline remains.
 //!
 //! Cost follows the threads that matter: the scan is one load per registered thread; only
-//! threads whose `rseq_cs` refers to the memory get a system call.
+//! threads whose `rseq_cs` refers to the memory get a system call. Suspects are all signalled
+//! at once (the barrier's scratch memory holds them), so a barrier over N stale threads waits
+//! once for the slowest, like a broadcast, at any N.
 //!
 //! Concurrency: barriers run concurrently with each other (they only read and send signals). A
 //! thread that exits during a barrier clears its own `rseq_cs` and then waits in its exit hook
@@ -73,9 +76,11 @@ const EXPEDITE_SPIN_NS: u64 = 10_000;
 /// long, then sleep in growing steps. A sleep is rounded up by the timer slack (50 us by
 /// default), more than a delivery takes.
 const YIELD_NS: u64 = 200_000;
-/// Resend interval for threads that have not yet taken the signal.
+/// While waiting for signalled threads, look at their fields at least every this many yields.
+const SETTLE_EVERY: u32 = 16;
+/// Resend to threads that have not yet taken the signal once none has for this long.
 const RESEND_NS: u64 = 10_000_000;
-/// After this long, threads that still have not taken the signal are assumed to block it.
+/// Once no thread has taken the signal for this long, the rest are assumed to block it.
 const ESCALATE_NS: u64 = 20_000_000;
 
 /// A thread whose `rseq_cs` referred to the memory when the scan saw it.
@@ -162,11 +167,15 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
                 all = Some(room);
             }
         }
-        let pending = match all {
-            Some(room) => &mut room[..n],
-            None => &mut batch[..n],
+        // Many suspects: most are blocked, which membarrier does not reach, and a pass over all
+        // of them costs more than signalling the few that run.
+        let (pending, left) = match all {
+            Some(room) => (&mut room[..n], n),
+            None => {
+                let left = expedite(&mut batch[..n], &mut classify);
+                (&mut batch[..n], left)
+            }
         };
-        let left = expedite(pending, &mut classify);
         if left > 0 {
             signal_and_wait(&mut pending[..left], &mut classify, deadline, flags)?;
         }
@@ -254,7 +263,10 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
     let mut left = pending.len();
     let mut pause_ns = 20_000;
     let mut yield_until = platform::monotonic_ns() + YIELD_NS;
-    let escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
+    // Resending and escalating count from the last progress, not from the start: thousands of
+    // signalled threads may queue for a CPU for longer than either interval, while each one that
+    // takes the signal shows the rest are being reached.
+    let mut escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
     let mut escalated = false;
     loop {
         if !escalated && platform::monotonic_ns() >= escalate_at {
@@ -277,8 +289,22 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             // ESRCH: the thread is gone (it cleared its own field on the way out, or never runs again).
             let _ = platform::tgkill(pid, s.tid, sig);
         }
-        let resend_at = platform::monotonic_ns() + RESEND_NS;
+        let mut resend_at = platform::monotonic_ns() + RESEND_NS;
+        if sig != 0 {
+            escalate_at = escalate_at.max(resend_at + ESCALATE_NS - RESEND_NS);
+        }
+        let (mut settled_handled, mut skipped) = (signal::handled(), 0);
         loop {
+            // Look at every pending field again only when enough handlers have run to clear
+            // them all, or every few yields: polling thousands of fields would take the CPU the
+            // signalled threads need.
+            let handled = signal::handled();
+            if (handled.wrapping_sub(settled_handled) as usize) < left && skipped < SETTLE_EVERY {
+                skipped += 1;
+                platform::sched_yield();
+                continue;
+            }
+            (settled_handled, skipped) = (handled, 0);
             let before = left;
             left = settle(&mut pending[..left], classify);
             if left == 0 {
@@ -286,10 +312,14 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             }
             let now = platform::monotonic_ns();
             if left < before {
-                // Threads are still taking the signal (thousands may queue for a CPU): keep
-                // yielding; sleep only once none has for a while (they may block it).
+                // Threads are still taking the signal: keep yielding; sleep, resend and escalate
+                // only once none has for a while (they may block it).
                 yield_until = now + YIELD_NS;
                 pause_ns = 20_000;
+                resend_at = now + RESEND_NS;
+                if sig != 0 {
+                    escalate_at = now + ESCALATE_NS;
+                }
             }
             if now >= deadline {
                 return Err(Errno(libc::ETIMEDOUT));
