@@ -267,7 +267,7 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
     // signalled threads may queue for a CPU for longer than either interval, while each one that
     // takes the signal shows the rest are being reached.
     let mut escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
-    let mut escalated = false;
+    let (mut escalated, mut sent) = (false, false);
     loop {
         if !escalated && platform::monotonic_ns() >= escalate_at {
             // BROADCAST: the remaining threads block the reserved signal (or there is none).
@@ -290,9 +290,11 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             let _ = platform::tgkill(pid, s.tid, sig);
         }
         let mut resend_at = platform::monotonic_ns() + RESEND_NS;
-        if sig != 0 {
+        if sig != 0 && !sent {
+            // From the end of the first pass: sending to thousands takes a while.
             escalate_at = escalate_at.max(resend_at + ESCALATE_NS - RESEND_NS);
         }
+        sent = true;
         let (mut settled_handled, mut skipped) = (signal::handled(), 0);
         loop {
             // Look at every pending field again only when enough handlers have run to clear
