@@ -160,7 +160,9 @@ pub fn activate(idx: SlotIndex, tid: i32, area: *mut RseqrtArea) {
     if let Some(s) = slot(idx) {
         s.tid.store(tid, Relaxed);
         s.area.store(area, Relaxed);
-        s.arg.store(0, Relaxed); // no acknowledgement yet (the start argument was read)
+        // No acknowledgement yet (the start argument was read): one generation before now, so
+        // that a round that saw this slot LIVE, and so took its generation later, waits for it.
+        s.arg.store(crate::signal::ack_generation().wrapping_sub(1) as usize, SeqCst);
         s.state.store(LIVE, SeqCst);
         LIVE_COUNT.fetch_add(1, SeqCst);
     }

@@ -69,6 +69,11 @@ pub fn next_ack_generation() -> u32 {
     ACK_GENERATION.fetch_add(1, SeqCst).wrapping_add(1)
 }
 
+/// The current acknowledgement generation (the last round's).
+pub fn ack_generation() -> u32 {
+    ACK_GENERATION.load(SeqCst)
+}
+
 /// Whether thread `tid` ran the handler since `next_ack_generation()` returned `generation`,
 /// by its cell (threads that share it may overwrite it: the round then resends).
 pub fn acknowledged(tid: i32, generation: u32) -> bool {
