@@ -16,7 +16,7 @@
 //!    ▼                                                                 │
 //!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), short spin ──all clear┤
 //!    │ still referring (blocked or preempted threads); skipped for    │
-//!    │ more suspects than a batch (most of them blocked)               │
+//!    │ more than 16 suspects (most of them blocked)                    │
 //!    ▼                                                                 │
 //!   SIGNAL: reserved signal to each, wait (resend after 10 ms) ──all clear┤
 //!    │ none changed for 20 ms (the rest block the signal)              │
@@ -69,6 +69,8 @@ pub const SIGNAL_SAFE: u32 = 1;
 /// Suspects collected on the stack; more are chased all at once from the barrier's scratch
 /// memory (`registry::Scratch`), or, if it cannot be mapped, in further rounds of this many.
 const BATCH: usize = 64;
+/// EXPEDITE only for this many suspects or fewer.
+const EXPEDITE_MAX: usize = 16;
 /// How long to spin after membarrier before signalling: running threads clear within a few
 /// microseconds (measured); a blocked one never will, so waiting longer only delays its signal.
 const EXPEDITE_SPIN_NS: u64 = 10_000;
@@ -76,8 +78,10 @@ const EXPEDITE_SPIN_NS: u64 = 10_000;
 /// long, then sleep in growing steps. A sleep is rounded up by the timer slack (50 us by
 /// default), more than a delivery takes.
 const YIELD_NS: u64 = 200_000;
-/// While waiting for signalled threads, look at their fields at least every this many yields.
-const SETTLE_EVERY: u32 = 16;
+/// While waiting for signalled threads, look at their fields at least every this many yields,
+/// or every eighth of the pending count (a pass over thousands of fields costs as much as
+/// many of their handlers).
+const SETTLE_EVERY: usize = 16;
 /// Resend to threads that have not yet taken the signal once none has for this long.
 const RESEND_NS: u64 = 10_000_000;
 /// Once no thread has taken the signal for this long, the rest are assumed to block it.
@@ -148,9 +152,8 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
     let guard = ReadGuard::new();
     let mut scratch = guard.scratch();
     loop {
-        let none = Suspect { tid: 0, area: core::ptr::null_mut() };
-        let mut batch = [none; BATCH];
-        let mut n = scan(&guard, &mut classify, &mut batch);
+        let mut batch = [NO_SUSPECT; BATCH];
+        let (pending, n) = scan(&guard, &mut classify, &mut batch, scratch.as_mut());
         if n == 0 {
             break;
         }
@@ -158,24 +161,9 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         if platform::monotonic_ns() >= deadline {
             return Err(Errno(libc::ETIMEDOUT)); // threads keep re-entering the memory's critical sections
         }
-        // More than a batch: scan again into scratch memory sized for every thread, so that all
-        // are chased at once (one wait for the slowest, as a broadcast would), not in batches.
-        let mut all = None;
-        if n == BATCH {
-            if let Some(room) = scratch.as_mut().and_then(|s| s.get(registry::slots_handed_out() + BATCH, none)) {
-                n = scan(&guard, &mut classify, room);
-                all = Some(room);
-            }
-        }
-        // Many suspects: most are blocked, which membarrier does not reach, and a pass over all
-        // of them costs more than signalling the few that run.
-        let (pending, left) = match all {
-            Some(room) => (&mut room[..n], n),
-            None => {
-                let left = expedite(&mut batch[..n], &mut classify);
-                (&mut batch[..n], left)
-            }
-        };
+        // Many suspects: most are blocked, which membarrier does not reach, and its spin costs
+        // more than signalling the few that run (a running thread takes a signal at once).
+        let left = if n > EXPEDITE_MAX { n } else { expedite(&mut pending[..n], &mut classify) };
         if left > 0 {
             signal_and_wait(&mut pending[..left], &mut classify, deadline, flags)?;
         }
@@ -207,9 +195,21 @@ fn clear_own(classify: &mut Classifier<'_>) {
     }
 }
 
-/// SCAN: collects up to `out.len()` other threads whose `rseq_cs` refers to the memory.
-fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect]) -> usize {
+const NO_SUSPECT: Suspect = Suspect { tid: 0, area: core::ptr::null_mut() };
+
+/// SCAN: collects the other threads whose `rseq_cs` refers to the memory: into `batch`, and once
+/// it is full, into scratch memory sized for every thread, so that all are chased at once (one
+/// wait for the slowest, as a broadcast would). Without scratch memory, the first `BATCH` only
+/// (the rest in later rounds). Returns where they are and how many.
+fn scan<'b>(
+    guard: &ReadGuard,
+    classify: &mut Classifier<'_>,
+    batch: &'b mut [Suspect; BATCH],
+    scratch: Option<&'b mut registry::Scratch<'_>>,
+) -> (&'b mut [Suspect], usize) {
     let mine = state::current_area();
+    let mut out: &'b mut [Suspect] = batch;
+    let mut scratch = scratch;
     let mut n = 0;
     guard.for_each_live(|tid, area| {
         if area == mine || area.is_null() {
@@ -218,12 +218,23 @@ fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect]) -
         // The zero test inline: most threads hold no `rseq_cs`, and a loop this short keeps many
         // of these (cache- and TLB-missing) loads in flight at once.
         let value = read_cs(area);
-        if value != 0 && n < out.len() && classify.refers(value) {
+        if value == 0 || !classify.refers(value) {
+            return;
+        }
+        if n == out.len() && n == BATCH {
+            // Room for every thread handed a slot so far, and for threads still entering.
+            let room = scratch.take().and_then(|s| s.get(registry::slots_handed_out() + BATCH, NO_SUSPECT));
+            if let Some(room) = room.filter(|r| r.len() > BATCH) {
+                room[..BATCH].copy_from_slice(out);
+                out = room;
+            }
+        }
+        if n < out.len() {
             out[n] = Suspect { tid, area };
             n += 1;
         }
     });
-    n
+    (out, n)
 }
 
 /// Drops suspects that no longer refer (their own kernel or they themselves changed the field,
@@ -301,7 +312,7 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             // them all, or every few yields: polling thousands of fields would take the CPU the
             // signalled threads need.
             let handled = signal::handled();
-            if (handled.wrapping_sub(settled_handled) as usize) < left && skipped < SETTLE_EVERY {
+            if (handled.wrapping_sub(settled_handled) as usize) < left && skipped < SETTLE_EVERY.max(left / 8) {
                 skipped += 1;
                 platform::sched_yield();
                 continue;
