@@ -47,6 +47,7 @@
 
 #include "raw_clone.h"
 #include "test_common.h" /* crash_common.h, rseq_cs.h, <rseqrt.h> and the shared helpers */
+#include "census_probe.h" /* the fstat trap and glibc's own pthread_create */
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -934,38 +935,6 @@ static void sc_namespace(void)
  * ENOSYS, counted): with 8 idle threads all known, 20 barriers make no fstat; with a thread
  * glibc started behind rseqrt's back, every barrier tries it; after a raw clone() thread has
  * existed (gone again), every barrier tries it too. */
-static atomic_int fstat_traps;
-
-static void count_fstat(int sig, siginfo_t *si, void *ucontext)
-{
-    (void)sig;
-    (void)si;
-    atomic_fetch_add(&fstat_traps, 1);
-    ((ucontext_t *)ucontext)->uc_mcontext.gregs[REG_RAX] = -ENOSYS;
-}
-
-static void trap_fstat_in_this_thread(void)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = count_fstat;
-    sa.sa_flags = SA_SIGINFO;
-    if (sigaction(SIGSYS, &sa, NULL) != 0)
-        die(2, "sigaction(SIGSYS): %s", strerror(errno));
-    struct sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_fstat, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {sizeof filter / sizeof filter[0], filter};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0)
-        die(2, "seccomp: %s", strerror(errno));
-}
-
 static atomic_int census_started;
 
 static void *census_idle(void *arg)
@@ -975,29 +944,6 @@ static void *census_idle(void *arg)
     while (sem_wait(stop) != 0)
         ;
     return NULL;
-}
-
-/* glibc's own pthread_create, bypassing rseqrt's: libc.so.6's GLIBC_2.34 version, or before
- * glibc 2.34 libpthread.so.0's GLIBC_2.2.5 one. */
-static void *glibc_pthread_create(void)
-{
-    void *h = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    void *f = h ? dlvsym(h, "pthread_create", "GLIBC_2.34") : NULL;
-    if (!f && (h = dlopen("libpthread.so.0", RTLD_LAZY | RTLD_NOLOAD)))
-        f = dlvsym(h, "pthread_create", "GLIBC_2.2.5");
-    if (!f)
-        die(2, "glibc's pthread_create not found: %s", dlerror());
-    return f;
-}
-
-static int census_barriers(const char *what)
-{
-    static char unrelated[4096] __attribute__((aligned(4096)));
-    int before = atomic_load(&fstat_traps);
-    for (int i = 0; i < 20; i++)
-        if (rseqrt_clear(unrelated, sizeof unrelated, 0) != 0)
-            fail("rseqrt_clear %s: errno %d", what, errno);
-    return atomic_load(&fstat_traps) - before;
 }
 
 static int census_raw_exit(void *arg)

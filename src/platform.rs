@@ -204,6 +204,22 @@ pub fn sleep_ns(ns: u64) {
     let _ = unsafe { sys!(libc::SYS_clock_nanosleep, libc::CLOCK_MONOTONIC, 0, &ts as *const libc::timespec, 0) };
 }
 
+/// `futex(FUTEX_WAIT_PRIVATE)`: sleeps while `*word == expected`, at most `timeout_ns`, or until
+/// a [`futex_wake`] (or a signal). Async-signal-safe.
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ns: u64) {
+    let ts = libc::timespec { tv_sec: (timeout_ns / 1_000_000_000) as i64, tv_nsec: (timeout_ns % 1_000_000_000) as i64 };
+    // SAFETY: `word` is a live, aligned u32 and `ts` a live local.
+    let _ = unsafe {
+        sys!(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, expected, &ts as *const libc::timespec)
+    };
+}
+
+/// `futex(FUTEX_WAKE_PRIVATE)` of every waiter on `word`. Async-signal-safe.
+pub fn futex_wake_all(word: &core::sync::atomic::AtomicU32) {
+    // SAFETY: `word` is a live, aligned u32.
+    let _ = unsafe { sys!(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX) };
+}
+
 /// The kept `/proc/self/task` descriptor of [`thread_count`] (-1: none yet), and the inode it
 /// named when opened.
 static TASK_DIR_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(-1);

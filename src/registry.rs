@@ -3,9 +3,13 @@
 //! without waking it.
 //!
 //! Storage is a fixed table of chunk pointers; chunks are `mmap`ed on demand and never freed, so
-//! a slot address stays valid for the life of the process. Slot states: FREE -> STARTING (claimed
-//! by `pthread_create` for the child; holds its start routine) -> LIVE (the thread runs; tid and
-//! area valid) -> FREE (thread exit).
+//! a slot address stays valid for the life of the process, and growing never copies. Slot states:
+//! FREE -> STARTING (claimed by `pthread_create` for the child; holds its start routine) -> LIVE
+//! (the thread runs; tid and area valid) -> EXITING (thread exit: the thread has cleared its
+//! `rseq_cs` and unregistered its area, and waits for the barriers that may read it; tid valid)
+//! -> FREE. Freed slots go on a lock-free
+//! stack, so claiming and freeing a slot cost the same at 10 threads and at 10,000; a barrier's
+//! scan covers the slots ever handed out.
 //!
 //! Reclamation: a barrier reads other threads' areas only inside a [`ReadGuard`]; a thread that
 //! releases its slot waits, before it may go on to exit (and free the memory holding its area),
@@ -16,9 +20,10 @@
 //! slot LIVE, so a stream of barriers cannot starve an exiting thread. All operations on the slot
 //! state, the sequence and the cells are sequentially consistent (see [`ReadGuard::new`]).
 //!
-//! Guarantees: every function is async-signal-safe and malloc-free (`mmap` only). Two may wait:
-//! [`release`], while a barrier that started before it is running, and [`ReadGuard::new`], while
-//! all of its 128 cells are taken by running barriers.
+//! Guarantees: every function is async-signal-safe, lock-free and malloc-free (`mmap` only). Two may wait:
+//! [`release`], while a barrier that started before it is running (asleep on a futex the
+//! barrier's end wakes), and [`ReadGuard::new`], while all of its 128 cells are taken by running
+//! barriers.
 
 use crate::abi::RseqrtArea;
 use crate::platform;
@@ -28,17 +33,21 @@ use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize
 const FREE: u32 = 0;
 const STARTING: u32 = 1;
 const LIVE: u32 = 2;
+const EXITING: u32 = 3;
 
 const CHUNK_SLOTS: usize = 1024;
 const MAX_CHUNKS: usize = 256;
 
-/// One thread's entry.
+/// One thread's entry (32 bytes: the barrier's scan reads one state word per slot).
 #[repr(C, align(32))]
 pub struct Slot {
     state: AtomicU32,
     tid: AtomicI32,
     area: AtomicPtr<RseqrtArea>,
+    /// STARTING: the start routine. FREE: the free stack's link (next index + 1, 0 at the end).
     start: AtomicUsize,
+    /// STARTING: the start routine's argument. LIVE: the acknowledgement generation of the
+    /// thread's last run of the reserved signal's handler (see `signal`).
     arg: AtomicUsize,
 }
 
@@ -47,8 +56,11 @@ type Chunk = [Slot; CHUNK_SLOTS];
 static CHUNKS: [AtomicPtr<Chunk>; MAX_CHUNKS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CHUNKS];
 /// Slots `0..HIGH_WATER` have been handed out at least once: the scan bound.
 static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
-/// A slot index that was recently freed: where the next claim starts looking.
-static FREE_HINT: AtomicUsize = AtomicUsize::new(0);
+/// Freed slots below `HIGH_WATER`, a stack linked through the slots' `start` words:
+/// `(tag << 32) | (index + 1)`, 0 when empty. Every push and pop changes the tag, so a pop that
+/// read a link which changed under it fails its exchange (an ABA needs 2^32 operations inside
+/// one pop); reading a link is always safe, as slots are never unmapped.
+static FREE_STACK: AtomicU64 = AtomicU64::new(0);
 /// Slots in state LIVE: threads whose id and area the registry holds.
 static LIVE_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// Ticket of the most recently started barrier.
@@ -57,6 +69,10 @@ static BARRIER_SEQ: AtomicU64 = AtomicU64::new(0);
 const CELLS: usize = 128;
 const PENDING: u64 = u64::MAX;
 static RUNNING: [AtomicU64; CELLS] = [const { AtomicU64::new(0) }; CELLS];
+/// Per cell: bumped when its barrier ends (a futex word), and the exiting threads waiting for
+/// that. Exiting threads sleep until woken instead of polling: thousands may exit at once.
+static ENDED: [AtomicU32; CELLS] = [const { AtomicU32::new(0) }; CELLS];
+static WAITERS: [AtomicU32; CELLS] = [const { AtomicU32::new(0) }; CELLS];
 
 /// Index of a slot (stable for the life of the process).
 pub type SlotIndex = usize;
@@ -81,30 +97,55 @@ fn ensure_chunk(c: usize) -> bool {
     true
 }
 
-/// Claims a FREE slot (state STARTING), recording the thread's start routine and argument.
-/// `None` when the table is full or `mmap` fails.
-pub fn claim(start: usize, arg: usize) -> Option<SlotIndex> {
-    let try_take = |idx: SlotIndex| -> bool {
-        let Some(s) = slot(idx) else { return false };
-        if s.state.compare_exchange(FREE, STARTING, AcqRel, Relaxed).is_err() {
-            return false;
+/// Takes a slot off the free stack (still FREE).
+fn pop_free() -> Option<SlotIndex> {
+    let mut head = FREE_STACK.load(Acquire);
+    loop {
+        let idx = (head as u32).checked_sub(1)? as usize;
+        let next = slot(idx).map_or(0, |s| s.start.load(Relaxed)) as u32;
+        let popped = (head >> 32).wrapping_add(1) << 32 | next as u64;
+        match FREE_STACK.compare_exchange_weak(head, popped, AcqRel, Acquire) {
+            Ok(_) => return Some(idx),
+            Err(now) => head = now,
         }
+    }
+}
+
+/// Puts a FREE slot on the free stack.
+fn push_free(idx: SlotIndex) {
+    let Some(s) = slot(idx) else { return };
+    let mut head = FREE_STACK.load(Relaxed);
+    loop {
+        s.start.store(head as u32 as usize, Relaxed);
+        let pushed = (head >> 32).wrapping_add(1) << 32 | (idx as u64 + 1);
+        match FREE_STACK.compare_exchange_weak(head, pushed, Release, Relaxed) {
+            Ok(_) => return,
+            Err(now) => head = now,
+        }
+    }
+}
+
+/// Claims a FREE slot (state STARTING), recording the thread's start routine and argument:
+/// a freed one, else the next never-used one. `None` when the table is full or `mmap` fails.
+pub fn claim(start: usize, arg: usize) -> Option<SlotIndex> {
+    let take = |idx: SlotIndex| -> Option<SlotIndex> {
+        let s = slot(idx)?;
+        s.state.compare_exchange(FREE, STARTING, AcqRel, Relaxed).ok()?;
         s.start.store(start, Relaxed);
         s.arg.store(arg, Relaxed);
-        true
+        Some(idx)
     };
-    let high = HIGH_WATER.load(Acquire);
-    let hint = FREE_HINT.load(Relaxed).min(high);
-    if let Some(idx) = (hint..high).chain(0..hint).find(|&i| try_take(i)) {
-        return Some(idx);
+    if let Some(idx) = pop_free() {
+        // Only the popper holds a popped slot: the exchange cannot fail.
+        return take(idx);
     }
     loop {
         let idx = HIGH_WATER.load(Acquire);
         if !ensure_chunk(idx / CHUNK_SLOTS) {
             return None;
         }
-        if HIGH_WATER.compare_exchange(idx, idx + 1, AcqRel, Acquire).is_ok() && try_take(idx) {
-            return Some(idx);
+        if HIGH_WATER.compare_exchange(idx, idx + 1, AcqRel, Acquire).is_ok() {
+            return take(idx);
         }
     }
 }
@@ -119,29 +160,77 @@ pub fn activate(idx: SlotIndex, tid: i32, area: *mut RseqrtArea) {
     if let Some(s) = slot(idx) {
         s.tid.store(tid, Relaxed);
         s.area.store(area, Relaxed);
+        // No acknowledgement yet (the start argument was read): one generation before now, so
+        // that a round that saw this slot LIVE, and so took its generation later, waits for it.
+        s.arg.store(crate::signal::ack_generation().wrapping_sub(1) as usize, SeqCst);
         s.state.store(LIVE, SeqCst);
         LIVE_COUNT.fetch_add(1, SeqCst);
     }
 }
 
-/// Frees a slot, then waits until no barrier may still read the area it described.
+/// Frees a slot, then waits until no barrier may still read the area it described (a constant
+/// 128 cells to look at, however many threads there are), then makes it reusable.
 pub fn release(idx: SlotIndex) {
     let Some(s) = slot(idx) else { return };
-    if s.state.swap(FREE, SeqCst) == LIVE {
+    // Only the slot's own thread (or, for a STARTING slot, its creator) changes its state.
+    let was = s.state.load(SeqCst);
+    s.state.store(if was == LIVE { EXITING } else { FREE }, SeqCst);
+    if was == LIVE {
         LIVE_COUNT.fetch_sub(1, SeqCst);
     }
-    FREE_HINT.store(idx, Relaxed);
     let freed_at = BARRIER_SEQ.load(SeqCst);
-    for cell in &RUNNING {
-        loop {
-            let t = cell.load(SeqCst);
-            if t == 0 || (t != PENDING && t > freed_at) {
-                break;
+    let may_have_seen = |t: u64| t != 0 && (t == PENDING || t <= freed_at);
+    for (i, cell) in RUNNING.iter().enumerate() {
+        while may_have_seen(cell.load(SeqCst)) {
+            // A barrier that may have seen this slot LIVE is still running: sleep until it ends
+            // (see `ReadGuard::drop`; the timeout only bounds a lost wake-up's cost).
+            WAITERS[i].fetch_add(1, SeqCst);
+            let ended = ENDED[i].load(SeqCst);
+            match cell.load(SeqCst) {
+                PENDING => platform::sleep_ns(1_000), // taking its ticket: a few instructions
+                t if may_have_seen(t) => platform::futex_wait(&ENDED[i], ended, 10_000_000),
+                _ => {}
             }
-            // A barrier that may have seen this slot LIVE is still running.
-            platform::sleep_ns(if t == PENDING { 1_000 } else { 50_000 });
+            WAITERS[i].fetch_sub(1, SeqCst);
         }
     }
+    // Reusable only now: no barrier still holds what it read from the slot.
+    if was != FREE {
+        s.state.store(FREE, SeqCst);
+        push_free(idx);
+    }
+}
+
+/// The reserved signal's handler ran in the thread of slot `idx` (its own) at acknowledgement
+/// generation `generation`; returns the thread's id when the slot is LIVE (it then holds it).
+/// Async-signal-safe: loads and one store.
+pub fn acknowledge(idx: SlotIndex, generation: u32) -> Option<i32> {
+    // Only LIVE: before `activate` the word still holds the start argument (and is then reset).
+    // Only the thread itself changes its slot's state, so the check holds for the store.
+    let s = slot(idx).filter(|s| s.state.load(SeqCst) == LIVE)?;
+    s.arg.store(generation as usize, SeqCst);
+    Some(s.tid.load(Relaxed))
+}
+
+/// Whether thread `tid` of slot `idx` acknowledged at `generation` or later, or has left the
+/// slot (a thread leaves the registry only after clearing its own `rseq_cs`).
+pub fn acknowledged(idx: SlotIndex, tid: i32, generation: u32) -> bool {
+    let Some(s) = slot(idx) else { return true };
+    if s.state.load(SeqCst) != LIVE || s.tid.load(Relaxed) != tid {
+        return true;
+    }
+    (s.arg.load(SeqCst) as u32).wrapping_sub(generation) as i32 >= 0
+}
+
+/// Slots handed out so far: a bound on the LIVE and EXITING ones.
+pub fn slots_handed_out() -> usize {
+    HIGH_WATER.load(Acquire)
+}
+
+/// Whether slot `idx` is EXITING with thread id `tid`: then the thread with that id is alive and
+/// harmless (its area unregistered), and still was when this returned.
+pub fn still_exiting(idx: SlotIndex, tid: i32) -> bool {
+    slot(idx).is_some_and(|s| s.state.load(SeqCst) == EXITING && s.tid.load(Relaxed) == tid)
 }
 
 /// Number of threads the registry knows (LIVE). Threads still starting are not counted: a
@@ -150,9 +239,17 @@ pub fn known_threads() -> usize {
     LIVE_COUNT.load(SeqCst)
 }
 
+/// Scratch memory of the barrier holding each cell (see [`Scratch`]): `mmap`ed on first need,
+/// replaced by a larger mapping when too small, never freed (the cell's next holder reuses it).
+static SCRATCH: [AtomicPtr<u8>; CELLS] = [const { AtomicPtr::new(ptr::null_mut()) }; CELLS];
+static SCRATCH_BYTES: [AtomicUsize; CELLS] = [const { AtomicUsize::new(0) }; CELLS];
+
 /// Proof that the holder may read the areas of slots it sees LIVE: their threads cannot finish
 /// exiting while it exists.
-pub struct ReadGuard(&'static AtomicU64);
+pub struct ReadGuard {
+    cell: usize,
+    scratch_taken: core::cell::Cell<bool>,
+}
 
 impl ReadGuard {
     /// Publishes a ticket. Why a slot's releaser waits for any barrier that sees the slot LIVE:
@@ -162,11 +259,11 @@ impl ReadGuard {
     /// ticket no larger than the sequence value it read.
     pub fn new() -> Self {
         loop {
-            for cell in &RUNNING {
+            for (i, cell) in RUNNING.iter().enumerate() {
                 if cell.compare_exchange(0, PENDING, SeqCst, Relaxed).is_ok() {
                     let ticket = BARRIER_SEQ.fetch_add(1, SeqCst) + 1;
                     cell.store(ticket, SeqCst);
-                    return ReadGuard(cell);
+                    return ReadGuard { cell: i, scratch_taken: core::cell::Cell::new(false) };
                 }
             }
             // More than CELLS barriers at once: wait for one to finish.
@@ -174,28 +271,105 @@ impl ReadGuard {
         }
     }
 
+    /// The barrier's working memory (once per guard; `None` the second time).
+    pub fn scratch(&self) -> Option<Scratch<'_>> {
+        (!self.scratch_taken.replace(true)).then_some(Scratch { cell: self.cell, _guard: core::marker::PhantomData })
+    }
+
     /// Calls `f(tid, area)` for every LIVE slot.
     pub fn for_each_live(&self, mut f: impl FnMut(i32, *mut RseqrtArea)) {
-        let high = HIGH_WATER.load(Acquire);
-        for (c, cell) in CHUNKS.iter().enumerate().take(high.div_ceil(CHUNK_SLOTS)) {
-            let chunk = cell.load(Acquire);
-            if chunk.is_null() {
-                continue;
+        for_each_slot(|_, s| {
+            if s.state.load(SeqCst) == LIVE {
+                f(s.tid.load(Relaxed), s.area.load(Relaxed));
             }
-            // SAFETY: a published chunk is a valid, never-unmapped array of slots (see `slot`).
-            let slots = unsafe { &(&*chunk)[..(high - c * CHUNK_SLOTS).min(CHUNK_SLOTS)] };
-            for s in slots {
-                if s.state.load(SeqCst) == LIVE {
-                    f(s.tid.load(Relaxed), s.area.load(Relaxed));
-                }
+        });
+    }
+
+    /// Calls `f(slot, tid, area)` for every LIVE slot.
+    pub fn for_each_live_slot(&self, mut f: impl FnMut(SlotIndex, i32, *mut RseqrtArea)) {
+        for_each_slot(|idx, s| {
+            if s.state.load(SeqCst) == LIVE {
+                f(idx, s.tid.load(Relaxed), s.area.load(Relaxed));
             }
+        });
+    }
+
+    /// Calls `f(tid, None)` for every LIVE slot and `f(tid, Some(slot))` for every EXITING one
+    /// (see [`still_exiting`]).
+    pub fn for_each_known(&self, mut f: impl FnMut(i32, Option<SlotIndex>)) {
+        for_each_slot(|idx, s| match s.state.load(SeqCst) {
+            LIVE => f(s.tid.load(Relaxed), None),
+            EXITING => f(s.tid.load(Relaxed), Some(idx)),
+            _ => {}
+        });
+    }
+}
+
+/// Calls `f(index, slot)` for every slot handed out so far, chunk by chunk (a tight loop over
+/// each chunk keeps many of the loads in flight).
+fn for_each_slot(mut f: impl FnMut(SlotIndex, &Slot)) {
+    let high = HIGH_WATER.load(Acquire);
+    for (c, cell) in CHUNKS.iter().enumerate().take(high.div_ceil(CHUNK_SLOTS)) {
+        let chunk = cell.load(Acquire);
+        if chunk.is_null() {
+            continue;
+        }
+        // SAFETY: a published chunk is a valid, never-unmapped array of slots (see `slot`).
+        let slots = unsafe { &(&*chunk)[..(high - c * CHUNK_SLOTS).min(CHUNK_SLOTS)] };
+        for (i, s) in slots.iter().enumerate() {
+            f(c * CHUNK_SLOTS + i, s);
         }
     }
 }
 
 impl Drop for ReadGuard {
+    /// Ends the barrier and wakes the exiting threads that wait for it. A waiter registers, reads
+    /// `ENDED`, then finds the cell still taken before it sleeps; in the single order of these
+    /// sequentially consistent operations, either this store of 0 comes before its look at the
+    /// cell (it does not sleep), or its registration comes before the load of `WAITERS` below
+    /// (it is woken, or `ENDED` changed before it slept and the futex does not sleep).
     fn drop(&mut self) {
-        self.0.store(0, SeqCst);
+        let i = self.cell;
+        RUNNING[i].store(0, SeqCst);
+        ENDED[i].fetch_add(1, SeqCst);
+        if WAITERS[i].load(SeqCst) != 0 {
+            platform::futex_wake_all(&ENDED[i]);
+        }
+    }
+}
+
+/// Working memory for the tables of one barrier that grow with the number of threads, so that
+/// they need neither the heap nor a large stack: the memory of the barrier's registry cell, which
+/// no other barrier uses while the guard lives. Async-signal-safe, malloc-free (`mmap`).
+pub struct Scratch<'g> {
+    cell: usize,
+    _guard: core::marker::PhantomData<&'g ReadGuard>,
+}
+
+impl Scratch<'_> {
+    /// `n` values of `T`, each set to `fill`; `None` when `mmap` fails (the caller then takes a
+    /// slower way that needs no memory).
+    pub fn get<T: Copy>(&mut self, n: usize, fill: T) -> Option<&mut [T]> {
+        const { assert!(core::mem::align_of::<T>() <= 4096) };
+        let bytes = n.checked_mul(core::mem::size_of::<T>())?;
+        let (mem, have) = (&SCRATCH[self.cell], &SCRATCH_BYTES[self.cell]);
+        if have.load(Relaxed) < bytes || mem.load(Relaxed).is_null() {
+            let want = bytes.max(1 << 16).checked_next_power_of_two()?;
+            let fresh = platform::mmap_anon(want).ok()?;
+            let old = mem.swap(fresh, Relaxed);
+            if !old.is_null() {
+                // SAFETY: the cell's previous mapping, used only by this cell's holder (us), whose
+                // earlier slices ended with their `&mut self` borrows.
+                let _ = unsafe { platform::munmap(old, have.load(Relaxed)) };
+            }
+            have.store(want, Relaxed);
+        }
+        let base = mem.load(Relaxed).cast::<T>();
+        // SAFETY: a page-aligned mapping of at least `bytes` bytes, used by this cell's holder
+        // alone (the guard), and by this slice alone while `self` is borrowed; filled before use.
+        let table = unsafe { core::slice::from_raw_parts_mut(base, n) };
+        table.fill(fill);
+        Some(table)
     }
 }
 
@@ -223,18 +397,20 @@ pub fn after_fork_child(survivor: Option<SlotIndex>, tid: i32) {
     set_process(platform::getpid());
     let high = HIGH_WATER.load(Acquire);
     let mut live = 0;
-    for idx in 0..high {
+    FREE_STACK.store(0, Relaxed);
+    for idx in (0..high).rev() {
         let Some(s) = slot(idx) else { continue };
         if Some(idx) == survivor {
             s.tid.store(tid, Relaxed);
             live += 1;
         } else {
             s.state.store(FREE, Relaxed);
+            push_free(idx);
         }
     }
     LIVE_COUNT.store(live, SeqCst);
-    FREE_HINT.store(0, Relaxed);
-    for cell in &RUNNING {
+    for (cell, waiters) in RUNNING.iter().zip(&WAITERS) {
+        waiters.store(0, SeqCst);
         cell.store(0, SeqCst);
     }
 }

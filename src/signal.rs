@@ -28,9 +28,18 @@ pub fn reserved() -> c_int {
 }
 
 /// Acknowledgement cells, indexed by thread id modulo their number: (tid << 32) | generation.
+/// (Threads LIVE in the registry acknowledge in their slots too: `registry::acknowledged`.)
 const ACK_CELLS: usize = 4096;
 static ACKS: [AtomicU64; ACK_CELLS] = [const { AtomicU64::new(0) }; ACK_CELLS];
 static ACK_GENERATION: AtomicU32 = AtomicU32::new(0);
+/// Runs of the handler so far (wrapping): a waiting barrier looks at every thread it signalled
+/// again only when enough have run, instead of polling thousands of fields.
+static HANDLED: AtomicU32 = AtomicU32::new(0);
+
+/// Runs of the reserved signal's handler so far, in every thread (wrapping).
+pub fn handled() -> u32 {
+    HANDLED.load(SeqCst)
+}
 
 extern "C" fn on_reserved_signal(sig: c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passed `info` and `context` to this SA_SIGINFO handler.
@@ -38,9 +47,21 @@ extern "C" fn on_reserved_signal(sig: c_int, info: *mut libc::siginfo_t, context
         // SAFETY: as above.
         return unsafe { crate::sigshare::dispatch(sig, info, context) };
     }
-    let tid = crate::platform::gettid();
+    acknowledge();
+}
+
+/// Records that the calling thread ran the handler: in its registry slot when it is LIVE there
+/// (its own: thousands of threads acknowledge at once without sharing), and in the cell of its
+/// thread id (for rounds that do not know it by a slot; threads share cells, and a round resends
+/// when an acknowledgement was overwritten). Async-signal-safe: a TLS load, loads and stores
+/// (`gettid` for a thread without a LIVE slot).
+fn acknowledge() {
     let generation = ACK_GENERATION.load(SeqCst);
+    let slot = crate::registration::current_slot();
+    // A LIVE slot holds the thread's id: no system call in the common case.
+    let tid = slot.and_then(|idx| crate::registry::acknowledge(idx, generation)).unwrap_or_else(crate::platform::gettid);
     ACKS[ack_cell(tid)].store(((tid as u32 as u64) << 32) | generation as u64, SeqCst);
+    HANDLED.fetch_add(1, SeqCst);
 }
 
 /// Sends the barrier's request to thread `tid` of process `pid`: the reserved signal, queued
@@ -61,7 +82,13 @@ pub fn next_ack_generation() -> u32 {
     ACK_GENERATION.fetch_add(1, SeqCst).wrapping_add(1)
 }
 
-/// Whether thread `tid` ran the handler since `next_ack_generation()` returned `generation`.
+/// The current acknowledgement generation (the last round's).
+pub fn ack_generation() -> u32 {
+    ACK_GENERATION.load(SeqCst)
+}
+
+/// Whether thread `tid` ran the handler since `next_ack_generation()` returned `generation`,
+/// by its cell (threads that share it may overwrite it: the round then resends).
 pub fn acknowledged(tid: i32, generation: u32) -> bool {
     let cell = ACKS[ack_cell(tid)].load(SeqCst);
     (cell >> 32) as u32 == tid as u32 && (cell as u32).wrapping_sub(generation) as i32 >= 0

@@ -13,6 +13,7 @@
 
 use super::{broadcast, SIGNAL_SAFE};
 use crate::platform::{self, Errno};
+use crate::registry::{self, SlotIndex};
 use crate::signal;
 use crate::state::{self, Owner};
 
@@ -24,7 +25,8 @@ const ESCALATE_NS: u64 = 20_000_000;
 
 /// Collects threads into rounds and runs each round when it is full.
 pub struct Rounds<'a, D: Fn() -> u64> {
-    tids: [i32; ROUND],
+    /// Thread ids, and their registry slots (`NO_SLOT`: acknowledged by cell).
+    tids: [(i32, usize); ROUND],
     n: usize,
     /// Whether threads that never acknowledge may be reached by glibc's broadcast.
     escalate: bool,
@@ -32,18 +34,25 @@ pub struct Rounds<'a, D: Fn() -> u64> {
     deadline: &'a D,
 }
 
+const NO_SLOT: usize = usize::MAX;
+
 impl<'a, D: Fn() -> u64> Rounds<'a, D> {
     pub fn new(escalate: bool, flags: u32, deadline: &'a D) -> Self {
-        Rounds { tids: [0; ROUND], n: 0, escalate, flags, deadline }
+        Rounds { tids: [(0, NO_SLOT); ROUND], n: 0, escalate, flags, deadline }
     }
 
-    /// Adds a thread; runs the pending round first when it is full, or when it already holds a
-    /// thread with the same acknowledgement cell (two such threads overwrite each other's ack).
-    pub fn push(&mut self, tid: i32) -> Result<(), Errno> {
-        if self.n == ROUND || self.tids[..self.n].iter().any(|&t| signal::ack_cell(t) == signal::ack_cell(tid)) {
+    /// Adds a thread, with its registry slot when it is LIVE there (it then acknowledges in the
+    /// slot, which no other thread shares); runs the pending round first when it is full, or
+    /// when a thread without a slot shares its acknowledgement cell with one already in it (the
+    /// two would overwrite each other's acknowledgement).
+    pub fn push(&mut self, tid: i32, slot: Option<SlotIndex>) -> Result<(), Errno> {
+        let cell_taken = || {
+            slot.is_none() && self.tids[..self.n].iter().any(|&(t, s)| s == NO_SLOT && signal::ack_cell(t) == signal::ack_cell(tid))
+        };
+        if self.n == ROUND || cell_taken() {
             self.flush()?;
         }
-        self.tids[self.n] = tid;
+        self.tids[self.n] = (tid, slot.unwrap_or(NO_SLOT));
         self.n += 1;
         Ok(())
     }
@@ -55,7 +64,15 @@ impl<'a, D: Fn() -> u64> Rounds<'a, D> {
     }
 }
 
-fn run(tids: &[i32], escalate: bool, flags: u32, deadline: &impl Fn() -> u64) -> Result<(), Errno> {
+fn acknowledged((tid, slot): (i32, usize), generation: u32) -> bool {
+    if slot == NO_SLOT {
+        signal::acknowledged(tid, generation)
+    } else {
+        registry::acknowledged(slot, tid, generation)
+    }
+}
+
+fn run(tids: &[(i32, usize)], escalate: bool, flags: u32, deadline: &impl Fn() -> u64) -> Result<(), Errno> {
     if tids.is_empty() {
         return Ok(());
     }
@@ -65,15 +82,15 @@ fn run(tids: &[i32], escalate: bool, flags: u32, deadline: &impl Fn() -> u64) ->
     let escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
     let mut done = [false; ROUND];
     loop {
-        for (i, &tid) in tids.iter().enumerate() {
+        for (i, &(tid, _)) in tids.iter().enumerate() {
             if !done[i] && sig != 0 && signal::request(pid, tid) == Err(Errno(libc::ESRCH)) {
                 done[i] = true;
             }
         }
         let resend_at = platform::monotonic_ns() + RESEND_NS;
         loop {
-            for (i, &tid) in tids.iter().enumerate() {
-                done[i] = done[i] || signal::acknowledged(tid, generation);
+            for (i, &t) in tids.iter().enumerate() {
+                done[i] = done[i] || acknowledged(t, generation);
             }
             if done[..tids.len()].iter().all(|&d| d) {
                 return Ok(());

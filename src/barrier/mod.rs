@@ -15,10 +15,11 @@
 //!    │ suspects: threads whose rseq_cs refers to the memory            ▲
 //!    ▼                                                                 │
 //!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), short spin ──all clear┤
-//!    │ still referring (blocked or preempted threads)                  │
+//!    │ still referring (blocked or preempted threads); skipped for    │
+//!    │ more than 16 suspects (most of them blocked)                    │
 //!    ▼                                                                 │
-//!   SIGNAL: reserved signal to each, wait (resend every 10 ms) ──all clear┤
-//!    │ still referring after 20 ms (the thread blocks the signal)      │
+//!   SIGNAL: reserved signal to each, wait (resend after 10 ms) ──all clear┤
+//!    │ none changed for 20 ms (the rest block the signal)              │
 //!    ▼                                                                 │
 //!   BROADCAST: glibc's SIGSETXID to every glibc thread ────all clear───┘
 //!    │ deadline passed (RSEQRT_TIMEOUT_MS)
@@ -32,7 +33,9 @@
 //! where glibc's broadcast could wait forever, BROADCAST is skipped: only the deadline remains.
 //!
 //! Cost follows the threads that matter: the scan is one load per registered thread; only
-//! threads whose `rseq_cs` refers to the memory get a system call.
+//! threads whose `rseq_cs` refers to the memory get a system call. Suspects are all signalled
+//! at once (the barrier's scratch memory holds them), so a barrier over N stale threads waits
+//! once for the slowest, like a broadcast, at any N.
 //!
 //! Concurrency: barriers run concurrently with each other (they only read and send signals). A
 //! thread that exits during a barrier clears its own `rseq_cs` and then waits in its exit hook
@@ -58,24 +61,32 @@ use crate::abi::RseqrtArea;
 use crate::platform::{self, Errno};
 use crate::registry::ReadGuard;
 use crate::state::{self, Owner};
-use crate::{config, registration, signal};
+use crate::{config, registration, registry, signal};
 use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Flag: the caller may be a signal handler; use only async-signal-safe steps.
 pub const SIGNAL_SAFE: u32 = 1;
 
-/// At most this many threads are chased at once; more are handled in further rounds.
+/// Suspects collected on the stack; more are chased all at once from the barrier's scratch
+/// memory (`registry::Scratch`), or, if it cannot be mapped, in further rounds of this many.
 const BATCH: usize = 64;
+/// EXPEDITE only for this many suspects or fewer.
+const EXPEDITE_MAX: usize = 16;
 /// How long to spin after membarrier before signalling: running threads clear within a few
 /// microseconds (measured); a blocked one never will, so waiting longer only delays its signal.
 const EXPEDITE_SPIN_NS: u64 = 10_000;
-/// While waiting for signalled threads: yield (no timer) for this long, then sleep in growing
-/// steps. A sleep is rounded up by the timer slack (50 us by default), more than a delivery takes.
+/// While waiting for signalled threads: yield (no timer) until none has taken the signal for this
+/// long, then sleep in growing steps. A sleep is rounded up by the timer slack (50 us by
+/// default), more than a delivery takes.
 const YIELD_NS: u64 = 200_000;
-/// Resend interval for threads that have not yet taken the signal.
+/// While waiting for signalled threads, look at their fields at least every this many yields,
+/// or every eighth of the pending count (a pass over thousands of fields costs as much as
+/// many of their handlers).
+const SETTLE_EVERY: usize = 16;
+/// Resend to threads that have not yet taken the signal once none has for this long.
 const RESEND_NS: u64 = 10_000_000;
-/// After this long, threads that still have not taken the signal are assumed to block it.
+/// Once no thread has taken the signal for this long, the rest are assumed to block it.
 const ESCALATE_NS: u64 = 20_000_000;
 
 /// A thread whose `rseq_cs` referred to the memory when the scan saw it.
@@ -141,9 +152,10 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         }
     };
     let guard = ReadGuard::new();
+    let mut scratch = guard.scratch();
     loop {
-        let mut batch = [Suspect { tid: 0, area: core::ptr::null_mut() }; BATCH];
-        let n = scan(&guard, &mut classify, &mut batch);
+        let mut batch = [NO_SUSPECT; BATCH];
+        let (pending, n) = scan(&guard, &mut classify, &mut batch, scratch.as_mut());
         if n == 0 {
             break;
         }
@@ -151,8 +163,9 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         if platform::monotonic_ns() >= deadline {
             return Err(Errno(libc::ETIMEDOUT)); // threads keep re-entering the memory's critical sections
         }
-        let pending = &mut batch[..n];
-        let left = expedite(pending, &mut classify);
+        // Many suspects: most are blocked, which membarrier does not reach, and its spin costs
+        // more than signalling the few that run (a running thread takes a signal at once).
+        let left = if n > EXPEDITE_MAX { n } else { expedite(&mut pending[..n], &mut classify) };
         if left > 0 {
             signal_and_wait(&mut pending[..left], &mut classify, deadline, flags)?;
         }
@@ -161,15 +174,17 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         let me = state::current_area();
         let mut rounds = acked::Rounds::new(true, flags, &deadline_ns);
         let mut result = Ok(());
-        guard.for_each_live(|tid, area| {
+        guard.for_each_live_slot(|slot, tid, area| {
             if result.is_ok() && area != me && !area.is_null() && classify_possible.refers(read_cs(area)) {
-                result = rounds.push(tid);
+                result = rounds.push(tid, Some(slot));
             }
         });
         result?;
         rounds.flush()?;
     }
-    unknown::cover(&guard, owner, flags, areas_unknown, deadline_ns, &mut |value| classify.refers(value) || classify_possible.refers(value))
+    unknown::cover(&guard, scratch.as_mut(), owner, flags, areas_unknown, deadline_ns, &mut |value| {
+        classify.refers(value) || classify_possible.refers(value)
+    })
 }
 
 /// The calling thread clears its own field directly: it is in user space, so its kernel is not
@@ -182,9 +197,21 @@ fn clear_own(classify: &mut Classifier<'_>) {
     }
 }
 
-/// SCAN: collects up to `BATCH` other threads whose `rseq_cs` refers to the memory.
-fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect; BATCH]) -> usize {
+const NO_SUSPECT: Suspect = Suspect { tid: 0, area: core::ptr::null_mut() };
+
+/// SCAN: collects the other threads whose `rseq_cs` refers to the memory: into `batch`, and once
+/// it is full, into scratch memory sized for every thread, so that all are chased at once (one
+/// wait for the slowest, as a broadcast would). Without scratch memory, the first `BATCH` only
+/// (the rest in later rounds). Returns where they are and how many.
+fn scan<'b>(
+    guard: &ReadGuard,
+    classify: &mut Classifier<'_>,
+    batch: &'b mut [Suspect; BATCH],
+    scratch: Option<&'b mut registry::Scratch<'_>>,
+) -> (&'b mut [Suspect], usize) {
     let mine = state::current_area();
+    let mut out: &'b mut [Suspect] = batch;
+    let mut scratch = scratch;
     let mut n = 0;
     guard.for_each_live(|tid, area| {
         if area == mine || area.is_null() {
@@ -193,12 +220,23 @@ fn scan(guard: &ReadGuard, classify: &mut Classifier<'_>, out: &mut [Suspect; BA
         // The zero test inline: most threads hold no `rseq_cs`, and a loop this short keeps many
         // of these (cache- and TLB-missing) loads in flight at once.
         let value = read_cs(area);
-        if value != 0 && n < BATCH && classify.refers(value) {
+        if value == 0 || !classify.refers(value) {
+            return;
+        }
+        if n == out.len() && n == BATCH {
+            // Room for every thread handed a slot so far, and for threads still entering.
+            let room = scratch.take().and_then(|s| s.get(registry::slots_handed_out() + BATCH, NO_SUSPECT));
+            if let Some(room) = room.filter(|r| r.len() > BATCH) {
+                room[..BATCH].copy_from_slice(out);
+                out = room;
+            }
+        }
+        if n < out.len() {
             out[n] = Suspect { tid, area };
             n += 1;
         }
     });
-    n
+    (out, n)
 }
 
 /// Drops suspects that no longer refer (their own kernel or they themselves changed the field,
@@ -237,9 +275,12 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
     let pid = platform::getpid();
     let mut left = pending.len();
     let mut pause_ns = 20_000;
-    let yield_until = platform::monotonic_ns() + YIELD_NS;
-    let escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
-    let mut escalated = false;
+    let mut yield_until = platform::monotonic_ns() + YIELD_NS;
+    // Resending and escalating count from the last progress, not from the start: thousands of
+    // signalled threads may queue for a CPU for longer than either interval, while each one that
+    // takes the signal shows the rest are being reached.
+    let mut escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
+    let (mut escalated, mut sent) = (false, false);
     loop {
         if !escalated && platform::monotonic_ns() >= escalate_at {
             // BROADCAST: the remaining threads block the reserved signal (or there is none).
@@ -261,13 +302,40 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             // ESRCH: the thread is gone (it cleared its own field on the way out, or never runs again).
             let _ = signal::request(pid, s.tid);
         }
-        let resend_at = platform::monotonic_ns() + RESEND_NS;
+        let mut resend_at = platform::monotonic_ns() + RESEND_NS;
+        if sig != 0 && !sent {
+            // From the end of the first pass: sending to thousands takes a while.
+            escalate_at = escalate_at.max(resend_at + ESCALATE_NS - RESEND_NS);
+        }
+        sent = true;
+        let (mut settled_handled, mut skipped) = (signal::handled(), 0);
         loop {
+            // Look at every pending field again only when enough handlers have run to clear
+            // them all, or every few yields: polling thousands of fields would take the CPU the
+            // signalled threads need.
+            let handled = signal::handled();
+            if (handled.wrapping_sub(settled_handled) as usize) < left && skipped < SETTLE_EVERY.max(left / 8) {
+                skipped += 1;
+                platform::sched_yield();
+                continue;
+            }
+            (settled_handled, skipped) = (handled, 0);
+            let before = left;
             left = settle(&mut pending[..left], classify);
             if left == 0 {
                 return Ok(());
             }
             let now = platform::monotonic_ns();
+            if left < before {
+                // Threads are still taking the signal: keep yielding; sleep, resend and escalate
+                // only once none has for a while (they may block it).
+                yield_until = now + YIELD_NS;
+                pause_ns = 20_000;
+                resend_at = now + RESEND_NS;
+                if sig != 0 {
+                    escalate_at = now + ESCALATE_NS;
+                }
+            }
             if now >= deadline {
                 return Err(Errno(libc::ETIMEDOUT));
             }

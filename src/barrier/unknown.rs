@@ -19,7 +19,9 @@
 //! otherwise one `fstat()` (`platform::thread_count`), and the rest runs only when the process
 //! has more threads than the registry knows.
 //!
-//! Guarantees: allocation-free (fixed arrays on the stack); async-signal-safe except the glibc
+//! Cost: linear in the process's threads (one table lookup per thread the kernel lists).
+//!
+//! Guarantees: malloc-free (fixed arrays on the stack, `mmap`ed scratch memory); async-signal-safe except the glibc
 //! broadcast, which `SIGNAL_SAFE` callers never reach (they get EAGAIN).
 
 use super::acked::Rounds;
@@ -27,13 +29,14 @@ use super::{broadcast, SIGNAL_SAFE};
 use crate::census;
 use crate::libc_private;
 use crate::platform::{self, Errno};
-use crate::registry::{self, ReadGuard};
+use crate::registry::{self, ReadGuard, Scratch, SlotIndex};
 use crate::signal;
 use crate::state::Owner;
 
-/// Known thread ids kept in a small open-addressed table for the lookup (1 KiB of stack);
-/// beyond it, ids not found there are looked up in the registry itself.
-const KNOWN_CELLS: usize = 256;
+/// Known thread ids kept in a small open-addressed table for the lookup (1 KiB of stack); for
+/// more threads the table lives in the barrier's scratch memory (`registry::Scratch`), and only
+/// if that cannot be mapped are ids not found looked up in the registry itself (a scan each).
+const KNOWN_CELLS: usize = 128;
 /// Unknown threads that block the signal, looked up in glibc's list together (one walk each).
 const BLOCKED_LOOKUPS: usize = 16;
 
@@ -43,8 +46,10 @@ const BLOCKED_LOOKUPS: usize = 16;
 /// and some other library may have registered areas it cannot see).
 ///
 /// `refers(value)`: whether an `rseq_cs` holding `value` refers to the memory being freed.
+/// `scratch`: the barrier's scratch memory, for the table of known threads.
 pub fn cover(
     guard: &ReadGuard,
+    scratch: Option<&mut Scratch<'_>>,
     owner: Owner,
     flags: u32,
     all_unknown: bool,
@@ -61,12 +66,29 @@ pub fn cover(
     if platform::thread_count().is_ok_and(|n| n <= known_count) {
         return Ok(());
     }
-    let mut known = [0i32; KNOWN_CELLS];
+    // Known thread ids in an open-addressed table at most half full: on the stack for a few
+    // threads, in the barrier's scratch memory for many (one lookup per thread either way).
+    // Threads that are exiting are known too: they unregistered their areas, so they need
+    // nothing (see `registry::still_exiting`), however many exit at once.
+    let mut small = [0u64; KNOWN_CELLS];
+    let cells = (registry::slots_handed_out() + 8).saturating_mul(2).next_power_of_two();
+    let known: &mut [u64] = match scratch.filter(|_| cells > KNOWN_CELLS) {
+        Some(s) => s.get(cells, 0).unwrap_or(&mut small),
+        None => &mut small,
+    };
     let mut overflow = false;
     if !all_unknown {
-        guard.for_each_live(|tid, _| overflow |= !insert(&mut known, tid));
+        guard.for_each_known(|tid, exiting| overflow |= !insert(known, tid, exiting));
     }
-    let is_known = |tid: i32| !all_unknown && (contains(&known, tid) || (overflow && registry_has(guard, tid)));
+    let known = &*known;
+    let is_known = |tid: i32| {
+        !all_unknown
+            && match lookup(known, tid) {
+                Some(None) => true,
+                Some(Some(slot)) => registry::still_exiting(slot, tid),
+                None => overflow && registry_has(guard, tid),
+            }
+    };
 
     let me = platform::gettid();
     let mut blocked_seen = false;
@@ -98,7 +120,7 @@ pub fn cover(
             Err(Errno(libc::ENOENT | libc::ESRCH)) => {} // gone already
             // Accepts the signal, or could not be inspected (out of descriptors, ...): signal it;
             // one that is gone answers ESRCH, one that blocks it makes the round time out.
-            _ => result = rounds.push(tid),
+            _ => result = rounds.push(tid, None),
         }
     })?;
     result?;
@@ -129,35 +151,43 @@ fn needs_broadcast(blocked: &[i32], refers: &mut dyn FnMut(u64) -> bool) -> bool
     values[..blocked.len()].iter().any(|v| v.is_none_or(&mut *refers))
 }
 
-fn cell_of(tid: i32, i: usize) -> usize {
-    (tid as u32 as usize).wrapping_mul(0x9e37_79b9).wrapping_add(i) % KNOWN_CELLS
+/// Probe `i` for `tid` in a table of `len` cells (a power of two).
+fn cell_of(tid: i32, i: usize, len: usize) -> usize {
+    (tid as u32 as usize).wrapping_mul(0x9e37_79b9).wrapping_add(i) & (len - 1)
+}
+
+/// A table cell: the thread id, and above it the slot index + 1 of an EXITING thread (0: LIVE).
+fn entry(tid: i32, exiting: Option<SlotIndex>) -> u64 {
+    (exiting.map_or(0, |i| i as u64 + 1) << 32) | tid as u32 as u64
 }
 
 /// Adds `tid` to the table; `false` when the table is full.
-fn insert(table: &mut [i32; KNOWN_CELLS], tid: i32) -> bool {
-    (0..KNOWN_CELLS).map(|i| cell_of(tid, i)).any(|c| {
-        let free = table[c] == 0 || table[c] == tid;
+fn insert(table: &mut [u64], tid: i32, exiting: Option<SlotIndex>) -> bool {
+    let len = table.len();
+    (0..len).map(|i| cell_of(tid, i, len)).any(|c| {
+        let free = table[c] == 0 || table[c] as u32 == tid as u32;
         if free {
-            table[c] = tid;
+            table[c] = entry(tid, exiting);
         }
         free
     })
 }
 
-fn contains(table: &[i32; KNOWN_CELLS], tid: i32) -> bool {
-    for i in 0..KNOWN_CELLS {
-        match table[cell_of(tid, i)] {
-            0 => return false,
-            t if t == tid => return true,
+/// `Some(exiting slot)` when `tid` is in the table.
+fn lookup(table: &[u64], tid: i32) -> Option<Option<SlotIndex>> {
+    for i in 0..table.len() {
+        match table[cell_of(tid, i, table.len())] {
+            0 => return None,
+            e if e as u32 == tid as u32 => return Some(((e >> 32) as usize).checked_sub(1)),
             _ => {}
         }
     }
-    false
+    None
 }
 
-/// Slow membership test, for processes with more registered threads than the table holds.
+/// Slow membership test, for when the table could not hold every known thread.
 fn registry_has(guard: &ReadGuard, tid: i32) -> bool {
     let mut found = false;
-    guard.for_each_live(|t, _| found |= t == tid);
+    guard.for_each_known(|t, exiting| found |= t == tid && exiting.is_none_or(|slot| registry::still_exiting(slot, tid)));
     found
 }
