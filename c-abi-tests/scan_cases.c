@@ -2,6 +2,7 @@
  * 11, item 3: no system call on the common path).
  *
  *   scan_cases permanent rseqrt open|filtered
+ *   scan_cases openhandle rseqrt COUNTER_PLUGIN OTHER_PLUGIN
  *
  * Two threads run one critical section and block in read(): "program" with the descriptor in
  * this program's own .data (memory that stays mapped for the life of the process), "anonymous"
@@ -14,8 +15,17 @@
  *             its rseq_cs (signalled); the program's descriptor is read with a plain load, no
  *             system call, so that thread keeps its rseq_cs. Before the plain load, both were
  *             cleared here.
+ *
+ * openhandle: a thread runs a critical section in COUNTER_PLUGIN, dlopen()ed and kept open, and
+ * blocks in read(); then OTHER_PLUGIN is dlopen()ed and closed with rseqrt_dlclose(). The open
+ * handle keeps COUNTER_PLUGIN loaded whatever that close does (glibc's dlclose keeps every object
+ * with an open handle), so the barrier must not signal the thread: its rseq_cs stays unchanged.
+ * Before rseqrt read glibc's open count, every object loaded after startup counted as one the
+ * close might unmap, and the thread was signalled (its kernel cleared the field).
+ *
  * Exit: 0 passed; 1 a check failed; 2 setup; 3 no registered rseq area. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 
 #include "test_common.h"
@@ -23,6 +33,7 @@
 struct idle {
     const char *name;
     const struct rseq_cs_desc *desc;
+    int (*plugin_fn)(long *); /* runs the critical section instead of desc, when set */
     int pipe[2];
     pid_t tid;
     struct rseq_cs_area *_Atomic area;
@@ -34,7 +45,7 @@ static void *idle_main(void *arg)
 {
     struct idle *t = arg;
     t->tid = gettid_();
-    int cpu = rseq_cs_run(counters, t->desc, rseq_cs_own_code());
+    int cpu = t->plugin_fn ? t->plugin_fn(counters) : rseq_cs_run(counters, t->desc, rseq_cs_own_code());
     atomic_store(&t->area, rseq_cs_area());
     atomic_store(&t->ready, cpu < 0 ? -1 : 1);
     char b;
@@ -70,11 +81,40 @@ static void idle_stop(struct idle *t)
     pthread_join(t->thread, NULL);
 }
 
+static void open_handle(const char *counter_plugin, const char *other_plugin)
+{
+    void *kept = dlopen(counter_plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!kept)
+        die(2, "dlopen %s: %s", counter_plugin, dlerror());
+    struct idle user = {.plugin_fn = (int (*)(long *))dlsym(kept, "plugin_inc")};
+    if (!user.plugin_fn)
+        die(2, "dlsym plugin_inc: %s", dlerror());
+    idle_start(&user, "plugin user", NULL);
+    uint64_t before = idle_cs(&user);
+    if (!before)
+        die(9, "inconclusive: the thread's rseq_cs is already 0");
+    for (int round = 0; round < 3; round++) {
+        void *other = dlopen(other_plugin, RTLD_NOW | RTLD_LOCAL);
+        if (!other)
+            die(2, "dlopen %s: %s", other_plugin, dlerror());
+        check(rseqrt_dlclose(other) == 0, "rseqrt_dlclose of the other plugin = 0 (round %d)", round);
+    }
+    check(idle_cs(&user) == before, "the thread in the plugin kept open: not signalled, rseq_cs unchanged (%#llx)",
+          (unsigned long long)idle_cs(&user));
+    idle_stop(&user);
+    check(rseqrt_dlclose(kept) == 0, "rseqrt_dlclose of the kept plugin = 0");
+}
+
 int main(int argc, char **argv)
 {
-    cases_start(argc, argv, "open|filtered");
+    cases_start(argc, argv, "open|filtered | COUNTER_PLUGIN OTHER_PLUGIN");
+    if (!strcmp(scenario, "openhandle") && use_rseqrt && argc == 5) {
+        open_handle(argv[3], argv[4]);
+        printf("survived\n");
+        return 0;
+    }
     if (strcmp(scenario, "permanent") || !use_rseqrt || argc != 4 || (strcmp(argv[3], "open") && strcmp(argv[3], "filtered")))
-        die(2, "usage: %s permanent rseqrt open|filtered", argv[0]);
+        die(2, "usage: %s permanent rseqrt open|filtered | openhandle rseqrt COUNTER_PLUGIN OTHER_PLUGIN", argv[0]);
     int filtered = !strcmp(argv[3], "filtered");
     errno = 0;
     long rc = syscall(SYS_process_vm_readv, getpid(), NULL, 0, NULL, 0, 0);

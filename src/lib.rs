@@ -34,6 +34,7 @@ mod registration;
 mod registry;
 mod rtsig;
 mod shm;
+mod opencount;
 mod permanent;
 mod signal;
 mod sigshare;

@@ -5,7 +5,8 @@
 //! `l_reldeps`, which the public link map does not show). The barrier clears references to the
 //! handle's object and the closure of its `DT_NEEDED` entries (matched by `DT_SONAME`, path, or
 //! file name); for every other object loaded after rseqrt's constructor ran (objects loaded at
-//! startup are never unloaded), which may or may not go, it makes sure that each thread's kernel
+//! startup are never unloaded) that no open `dlopen()` handle keeps (`opencount`; every one when
+//! that count cannot be read), which may or may not go, it makes sure that each thread's kernel
 //! has looked at the `rseq_cs` it held (see `barrier::clear_with_possible`), so that threads
 //! using those objects meanwhile are not waited for. Each object contributes the span of its
 //! `PT_LOAD` segments. More than `MAX_OBJECTS`: the barrier covers every `rseq_cs`.
@@ -185,9 +186,10 @@ unsafe fn candidates(handle: *const LinkMap) -> Result<Candidates, Unmaps> {
             m = (*m).l_prev;
         }
         // In the main namespace: the objects after the startup set (none if it was not recorded).
+        // One with a `dlopen()` handle still open stays loaded (`opencount`).
         let mut after_startup = m != (*ptr::addr_of!(crate::elf::_r_debug)).r_map;
         while !m.is_null() {
-            if after_startup {
+            if after_startup && m != handle && crate::opencount::open_handles(m).is_none_or(|n| n == 0) {
                 add(&mut objects, &mut count, m)?;
             }
             after_startup |= m == startup_last;
@@ -213,6 +215,7 @@ pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
     // A dlclose() never unmaps the objects loaded at startup: when no thread refers to anything
     // else, neither the walk nor the barrier is needed.
     if !barrier::only_permanent_referred() {
+        crate::opencount::calibrate();
         let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
         match dlclose_ranges(handle, &mut ranges) {
             Unmaps::Objects { certain, possible } => {

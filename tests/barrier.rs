@@ -268,6 +268,22 @@ fn descriptors_in_the_program_cost_no_system_call() {
     finish("descriptors in the program", f);
 }
 
+/// Issue 11: `rseqrt_dlclose()` of one plugin does not signal a thread that ran a critical
+/// section in another plugin whose `dlopen()` handle is still open (glibc never unloads it then;
+/// rseqrt reads glibc's open count, `src/opencount.rs`). The previous build signals it.
+#[test]
+fn dlclose_leaves_objects_with_open_handles_alone() {
+    let p = programs();
+    let (counter, other) = (p.plugin.display().to_string(), p.plugin_clone.display().to_string());
+    let mut f = Vec::new();
+    for &mode in modes() {
+        f.extend(go(suite()
+            .scenario(format!("openhandle [{}]", mode.name()), &p.scan, &["openhandle", "rseqrt", &counter, &other], mode, Expect::Exit(0))
+            .owner(mode.owner())));
+    }
+    finish("open handles", f);
+}
+
 /// 9. Signal interposers: sigfillset + pthread_sigmask / sigprocmask leave the reserved
 /// signal unblocked (SigBlk); sigaction() and signal() on its number set and report the
 /// program's own disposition while the kernel keeps rseqrt's handler (SigCgt), and a barrier
