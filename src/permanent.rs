@@ -39,7 +39,7 @@ pub fn holds(addr: usize, len: usize) -> bool {
 /// Whether `m` is one of the recorded objects (which `dlclose()` never unmaps).
 pub fn is_object(m: *const LinkMap) -> bool {
     let n = OBJECT_COUNT.load(Acquire);
-    OBJECTS[..n].iter().any(|o| o.load(Relaxed) as *const LinkMap == m)
+    OBJECTS[..n].iter().any(|o| core::ptr::eq(o.load(Relaxed), m))
 }
 
 /// The main program's objects, found under the loader's lock.

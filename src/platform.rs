@@ -79,10 +79,11 @@ pub struct QueuedSiginfo {
     _rest: [u64; 12],
 }
 
-/// `rt_tgsigqueueinfo(2)`: signal `sig` to thread `tid` of this process with `si_code` `code` and
-/// `si_value` `value` (a process may give its own signals any code).
-pub fn tgsigqueueinfo(pid: i32, tid: i32, sig: i32, code: i32, value: u64) -> SysResult<()> {
-    let info = QueuedSiginfo { signo: sig, errno: 0, code, _pad: 0, pid, uid: 0, value, _rest: [0; 12] };
+/// `rt_tgsigqueueinfo(2)`: signal `sig` to thread `tid` of process `pid` (this one) with
+/// `si_code` `code`, `si_pid` `info_pid`, `si_uid` `info_uid` and `si_value` `value`: a process
+/// may give its own signals any code and fields.
+pub fn tgsigqueueinfo(pid: i32, tid: i32, sig: i32, code: i32, info_pid: i32, info_uid: u32, value: u64) -> SysResult<()> {
+    let info = QueuedSiginfo { signo: sig, errno: 0, code, _pad: 0, pid: info_pid, uid: info_uid, value, _rest: [0; 12] };
     // SAFETY: `info` is a live local as large as the kernel's siginfo_t.
     unsafe { sys!(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, &info as *const QueuedSiginfo) }.map(drop)
 }

@@ -201,15 +201,14 @@ pub fn release(idx: SlotIndex) {
     }
 }
 
-/// The reserved signal's handler ran in the thread of slot `idx` (its own) at acknowledgement
-/// generation `generation`; returns the thread's id when the slot is LIVE (it then holds it).
-/// Async-signal-safe: loads and one store.
-pub fn acknowledge(idx: SlotIndex, generation: u32) -> Option<i32> {
-    // Only LIVE: before `activate` the word still holds the start argument (and is then reset).
-    // Only the thread itself changes its slot's state, so the check holds for the store.
-    let s = slot(idx).filter(|s| s.state.load(SeqCst) == LIVE)?;
-    s.arg.store(generation as usize, SeqCst);
-    Some(s.tid.load(Relaxed))
+/// The reserved signal's handler ran, at acknowledgement generation `generation`, in thread
+/// `tid`, which the request named with slot `idx`. Async-signal-safe: loads and one store.
+pub fn acknowledge(idx: SlotIndex, tid: i32, generation: u32) {
+    // Only LIVE with that thread: before `activate` the word still holds the start argument, and
+    // a slot taken over by another thread since the request was sent is not this one's.
+    if let Some(s) = slot(idx).filter(|s| s.state.load(SeqCst) == LIVE && s.tid.load(Relaxed) == tid) {
+        s.arg.store(generation as usize, SeqCst);
+    }
 }
 
 /// Whether thread `tid` of slot `idx` acknowledged at `generation` or later, or has left the

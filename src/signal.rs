@@ -47,27 +47,35 @@ extern "C" fn on_reserved_signal(sig: c_int, info: *mut libc::siginfo_t, context
         // SAFETY: as above.
         return unsafe { crate::sigshare::dispatch(sig, info, context) };
     }
-    acknowledge();
+    // SAFETY: as above; a request's siginfo_t has the queued layout.
+    acknowledge(unsafe { &*(info as *const crate::platform::QueuedSiginfo) });
 }
 
-/// Records that the calling thread ran the handler: in its registry slot when it is LIVE there
-/// (its own: thousands of threads acknowledge at once without sharing), and in the cell of its
-/// thread id (for rounds that do not know it by a slot; threads share cells, and a round resends
-/// when an acknowledgement was overwritten). Async-signal-safe: a TLS load, loads and stores
-/// (`gettid` for a thread without a LIVE slot).
-fn acknowledge() {
+/// Records that the calling thread ran the handler for `request`, which names the thread it was
+/// sent to (only that thread can take it: the signal is thread-directed) and its registry slot.
+/// So the handler needs neither `gettid` nor TLS, which a `clone()` thread sharing its parent's
+/// thread pointer would read as its parent's. The acknowledgement goes to the slot when it is
+/// LIVE with that thread (its own: thousands of threads acknowledge at once without sharing), and
+/// to the cell of the thread id (rounds that know a thread by its id only; threads share cells,
+/// and a round resends when an acknowledgement was overwritten). Async-signal-safe: loads and
+/// stores.
+fn acknowledge(request: &crate::platform::QueuedSiginfo) {
     let generation = ACK_GENERATION.load(SeqCst);
-    let slot = crate::registration::current_slot();
-    // A LIVE slot holds the thread's id: no system call in the common case.
-    let tid = slot.and_then(|idx| crate::registry::acknowledge(idx, generation)).unwrap_or_else(crate::platform::gettid);
+    let tid = request.pid;
+    if let Some(idx) = (request.uid as usize).checked_sub(1) {
+        crate::registry::acknowledge(idx, tid, generation);
+    }
     ACKS[ack_cell(tid)].store(((tid as u32 as u64) << 32) | generation as u64, SeqCst);
     HANDLED.fetch_add(1, SeqCst);
 }
 
-/// Sends the barrier's request to thread `tid` of process `pid`: the reserved signal, queued
-/// with the value that tells the handler it is rseqrt's (`sigshare`). Async-signal-safe.
-pub fn request(pid: i32, tid: i32) -> crate::platform::SysResult<()> {
-    crate::platform::tgsigqueueinfo(pid, tid, reserved(), libc::SI_QUEUE, crate::sigshare::request_value())
+/// Sends the barrier's request to thread `tid` of process `pid`, whose registry slot is `slot`
+/// when known: the reserved signal, queued with the value that tells the handler it is rseqrt's
+/// (`sigshare`), the target thread id as `si_pid` and the slot + 1 (0: none) as `si_uid`.
+/// Async-signal-safe.
+pub fn request(pid: i32, tid: i32, slot: Option<usize>) -> crate::platform::SysResult<()> {
+    let slot_word = slot.map_or(0, |s| s as u32 + 1);
+    crate::platform::tgsigqueueinfo(pid, tid, reserved(), libc::SI_QUEUE, tid, slot_word, crate::sigshare::request_value())
 }
 
 /// The acknowledgement cell of thread `tid` (two threads sharing one must not be signalled in

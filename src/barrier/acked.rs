@@ -82,8 +82,9 @@ fn run(tids: &[(i32, usize)], escalate: bool, flags: u32, deadline: &impl Fn() -
     let escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
     let mut done = [false; ROUND];
     loop {
-        for (i, &(tid, _)) in tids.iter().enumerate() {
-            if !done[i] && sig != 0 && signal::request(pid, tid) == Err(Errno(libc::ESRCH)) {
+        for (i, &(tid, slot)) in tids.iter().enumerate() {
+            let slot = (slot != NO_SLOT).then_some(slot);
+            if !done[i] && sig != 0 && signal::request(pid, tid, slot) == Err(Errno(libc::ESRCH)) {
                 done[i] = true;
             }
         }

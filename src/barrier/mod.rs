@@ -300,7 +300,7 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
         }
         for s in pending[..left].iter().filter(|_| sig != 0) {
             // ESRCH: the thread is gone (it cleared its own field on the way out, or never runs again).
-            let _ = signal::request(pid, s.tid);
+            let _ = signal::request(pid, s.tid, None);
         }
         let mut resend_at = platform::monotonic_ns() + RESEND_NS;
         if sig != 0 && !sent {
