@@ -31,19 +31,24 @@ pub fn only_permanent_referred() -> bool {
     if state::none_reason().is_some() {
         return false; // areas rseqrt cannot see
     }
-    let mut last = 0u64;
-    let mut ok = true;
-    let mut check = |value: u64| {
-        if value != 0 && value != last {
-            ok &= permanent_value(value);
-            last = value;
-        }
-    };
-    check(read_cs(state::current_area()));
+    // The last value judged (most threads hold the same one), and whether every value so far
+    // referred only to permanent memory.
+    let (mut last, mut ok) = (0u64, true);
+    let mine = read_cs(state::current_area());
+    if mine != 0 {
+        ok = permanent_value(mine);
+        last = mine;
+    }
     let guard = ReadGuard::new();
     guard.for_each_live(|_, area| {
-        if !area.is_null() {
-            check(read_cs(area));
+        // Once one value fails, the rest are not read: the full barrier scans again anyway.
+        if !ok || area.is_null() {
+            return;
+        }
+        let value = read_cs(area);
+        if value != 0 && value != last {
+            ok = permanent_value(value);
+            last = value;
         }
     });
     ok && census::all_threads_known(&guard)
