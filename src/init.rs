@@ -43,6 +43,8 @@ pub extern "C" fn run() {
 /// address), as it does for glibc's; only the registry needs to forget the other threads.
 extern "C" fn after_fork_child() {
     platform::after_fork();
+    crate::sigshare::after_fork_child();
+    crate::unmap::after_fork_child();
     crate::libc_private::after_fork();
     registry::after_fork_child(registration::current_slot(), platform::gettid());
 }

@@ -16,7 +16,10 @@
 //! every object loaded after startup stays one that may be unmapped, as before.
 //!
 //! [`calibrate`] calls the loader (not from a signal handler, not under the loader's lock);
-//! [`open_handles`]: loads only, under the loader's lock (the map must stay listed).
+//! [`open_handles`]: loads only, inside a `dl_iterate_phdr()` callback, whose lock keeps the map
+//! listed. glibc changes the count under another lock (`dl_load_lock`), so the value can change
+//! right after it is read: `unmap::CloseLock` keeps other closes through rseqrt from changing it
+//! before the close that read it has finished.
 
 use crate::elf::LinkMap;
 use core::sync::atomic::{AtomicUsize, Ordering::{AcqRel, Acquire, Release}};
@@ -56,7 +59,9 @@ fn snapshot(m: *const LinkMap) -> [u32; SNAPSHOT_WORDS] {
     let mut out = [0u32; SNAPSHOT_WORDS];
     for (i, w) in out.iter_mut().enumerate() {
         // SAFETY: the map is rseqrt's own, live for the process; SNAPSHOT_WORDS words lie
-        // inside glibc's allocation of it (see SNAPSHOT_WORDS).
+        // inside glibc's allocation of it (see SNAPSHOT_WORDS). Other threads may write some of
+        // its fields meanwhile: that can only make the measurement fail (no single word moving
+        // +1, +2, back), never pick a wrong one.
         *w = unsafe { core::ptr::read_volatile((m as *const u32).add(i)) };
     }
     out

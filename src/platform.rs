@@ -59,12 +59,6 @@ pub fn getpid() -> i32 {
     unsafe { syscall6(libc::SYS_getpid, 0, 0, 0, 0, 0, 0) as i32 }
 }
 
-/// `tgkill(2)` to a thread of this process.
-pub fn tgkill(pid: i32, tid: i32, sig: i32) -> SysResult<()> {
-    // SAFETY: no pointers.
-    unsafe { sys!(libc::SYS_tgkill, pid, tid, sig) }.map(drop)
-}
-
 /// The kernel's `siginfo_t` of a queued signal (`SI_QUEUE` layout on x86-64: the three header
 /// ints, padding to 16, then pid, uid and the 8-byte value), padded to the kernel's 128 bytes.
 #[repr(C)]
@@ -111,6 +105,21 @@ pub fn exit_group(status: i32) -> ! {
     // SAFETY: no pointers; the call does not return.
     unsafe { syscall6(libc::SYS_exit_group, status as usize, 0, 0, 0, 0, 0) };
     unreachable!("exit_group returned")
+}
+
+/// `kill(2)`.
+pub fn kill(pid: i32, sig: i32) -> SysResult<()> {
+    // SAFETY: no pointers.
+    unsafe { sys!(libc::SYS_kill, pid, sig) }.map(drop)
+}
+
+/// `getrandom(2)` filling `out` (non-blocking: fails rather than wait for entropy).
+pub fn getrandom(out: &mut u64) -> SysResult<()> {
+    // SAFETY: `out` is a live local of 8 bytes.
+    match unsafe { sys!(libc::SYS_getrandom, out as *mut u64, 8usize, libc::GRND_NONBLOCK) }? {
+        8 => Ok(()),
+        _ => Err(Errno(libc::EIO)),
+    }
 }
 
 /// `getcpu(2)`: (cpu, node).

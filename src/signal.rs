@@ -120,6 +120,7 @@ fn next_sigaction() -> Option<SigactionFn> {
 pub fn init() {
     let Some(sigaction) = next_sigaction() else { return };
     let Some(chosen) = crate::rtsig::chosen() else { return };
+    crate::sigshare::init();
     type Handler = extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void);
     // SAFETY: all-zero sigactions are valid; `act` gets our handler, SA_SIGINFO|SA_RESTART and
     // an empty mask; `old` receives the disposition it replaces.
@@ -133,8 +134,8 @@ pub fn init() {
     };
     if ok {
         // A disposition set before ours (RSEQRT_SIGNAL naming a handled or inherited-ignored
-        // signal) stays the program's.
-        if old.sa_sigaction != libc::SIG_DFL {
+        // signal) stays the program's, unless the program already set one through rseqrt.
+        if old.sa_sigaction != libc::SIG_DFL && !crate::sigshare::written() {
             crate::sigshare::exchange(Some(crate::sigshare::Disposition::from_sigaction(&old)));
         }
         RESERVED.store(chosen, Relaxed);
@@ -230,7 +231,7 @@ pub unsafe extern "C" fn rseqrt_interpose_sigaction(sig: c_int, act: *const libc
 #[no_mangle]
 pub unsafe extern "C" fn rseqrt_interpose_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
     if sig == crate::rtsig::taken() && sig != 0 {
-        let new = crate::sigshare::Disposition { handler, flags: libc::SA_RESTART, mask: 0 };
+        let new = crate::sigshare::Disposition { handler, flags: libc::SA_RESTART, mask: 1u64 << (sig - 1) };
         return crate::sigshare::exchange(Some(new)).handler;
     }
     type F = unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;

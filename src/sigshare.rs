@@ -28,15 +28,35 @@
 //! async-signal-safe, allocation-free, no lock of the C library; `errno` kept.
 
 use crate::platform;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::{Acquire, Relaxed, Release}};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::{AcqRel, Acquire, Relaxed, Release}};
 use libc::c_int;
 
-/// `si_value` of the barrier's requests: a constant mixed with the address of a static, which
-/// address-space randomization makes unknown outside this process.
+/// `si_value` of the barrier's requests: random, drawn once by [`init`] (`getrandom`), so that no
+/// other process can forge an acknowledgement; until then (and if `getrandom` fails) a constant
+/// mixed with the address of a static, which address-space randomization varies.
 pub fn request_value() -> u64 {
-    (&SEQUENCE as *const AtomicU32 as u64) ^ REQUEST_VALUE
+    match REQUEST_VALUE.load(Relaxed) {
+        0 => (&SEQUENCE as *const AtomicU32 as u64) ^ FALLBACK_VALUE,
+        v => v,
+    }
 }
-const REQUEST_VALUE: u64 = 0x7273_6571_7274_2d63; // "rseqrt-c"
+const FALLBACK_VALUE: u64 = 0x7273_6571_7274_2d63; // "rseqrt-c"
+static REQUEST_VALUE: AtomicU64 = AtomicU64::new(0);
+
+/// Draws the request value (constructor time, before the handler is installed: no request is in
+/// flight with the old value).
+pub fn init() {
+    let mut v = 0u64;
+    if platform::getrandom(&mut v).is_ok() && v != 0 {
+        REQUEST_VALUE.store(v, Relaxed);
+    }
+}
+
+/// Whether the program ever set a disposition (then it is the program's, whatever the kernel's
+/// disposition was before rseqrt's handler).
+pub fn written() -> bool {
+    SEQUENCE.load(Acquire) != 0
+}
 
 /// Whether `info` (what the kernel gave the handler) is a barrier request of this process.
 ///
@@ -58,8 +78,6 @@ pub struct Disposition {
 }
 
 impl Disposition {
-    pub const DEFAULT: Disposition = Disposition { handler: libc::SIG_DFL, flags: 0, mask: 0 };
-
     /// From the C library's `struct sigaction`.
     pub fn from_sigaction(act: &libc::sigaction) -> Disposition {
         // SAFETY: sigset_t begins with the kernel's 64 signals (bit n-1 is signal n).
@@ -85,6 +103,7 @@ static MASK: AtomicU64 = AtomicU64::new(0);
 
 /// The program's disposition now.
 pub fn load() -> Disposition {
+    let mut spins = 0u32;
     loop {
         let before = SEQUENCE.load(Acquire);
         if before & 1 == 0 {
@@ -94,33 +113,67 @@ pub fn load() -> Disposition {
                 return d;
             }
         }
-        core::hint::spin_loop();
+        spins = wait_for_writer(spins, before);
+    }
+}
+
+/// Spins on a sequence left odd by a writer; after many spins, checks (one `getpid`) whether this
+/// is a child of a fork that ran no handler (`_Fork`, a raw `fork`): there the writer does not
+/// exist, and the sequence is made even again (see [`after_fork_child`]).
+fn wait_for_writer(spins: u32, seen: u32) -> u32 {
+    core::hint::spin_loop();
+    if spins < 1 << 16 {
+        return spins + 1;
+    }
+    if seen & 1 == 1 && crate::registry::describes_another_process() {
+        let _ = SEQUENCE.compare_exchange(seen, seen.wrapping_add(1), AcqRel, Relaxed);
+    }
+    0
+}
+
+/// In a `fork()` child: only the forking thread exists, so a write another thread had begun
+/// never ends; the sequence is made even again (the fields hold the old disposition, the new
+/// one, or a mix of the two: the child of a fork that raced `sigaction()` on the number).
+pub fn after_fork_child() {
+    let seq = SEQUENCE.load(Relaxed);
+    if seq & 1 == 1 {
+        SEQUENCE.store(seq.wrapping_add(1), Release);
     }
 }
 
 /// Sets the program's disposition to `new` (when given); returns the previous one.
 pub fn exchange(new: Option<Disposition>) -> Disposition {
-    let Some(new) = new else { return load() };
+    match new {
+        Some(new) => update(|_| Some(new)),
+        None => load(),
+    }
+}
+
+/// Replaces the disposition with what `change` makes of it (`None`: unchanged), atomically with
+/// respect to every other writer; returns the previous one.
+fn update(change: impl FnOnce(Disposition) -> Option<Disposition>) -> Disposition {
     // Every signal blocked while the sequence is odd: a handler on this thread would spin on it.
     let saved = platform::sigprocmask(libc::SIG_BLOCK, !0);
-    let mut seq = SEQUENCE.load(Relaxed);
+    let (mut seq, mut spins) = (SEQUENCE.load(Relaxed), 0);
     loop {
         if seq & 1 == 0 {
-            match SEQUENCE.compare_exchange_weak(seq, seq + 1, Acquire, Relaxed) {
+            match SEQUENCE.compare_exchange_weak(seq, seq.wrapping_add(1), Acquire, Relaxed) {
                 Ok(_) => break,
                 Err(now) => seq = now,
             }
         } else {
-            core::hint::spin_loop();
+            spins = wait_for_writer(spins, seq);
             seq = SEQUENCE.load(Relaxed);
         }
     }
     core::sync::atomic::fence(Release);
     let old = Disposition { handler: HANDLER.load(Relaxed), flags: FLAGS.load(Relaxed) as c_int, mask: MASK.load(Relaxed) };
-    HANDLER.store(new.handler, Relaxed);
-    FLAGS.store(new.flags as u32, Relaxed);
-    MASK.store(new.mask, Relaxed);
-    SEQUENCE.store(seq + 2, Release);
+    if let Some(new) = change(old) {
+        HANDLER.store(new.handler, Relaxed);
+        FLAGS.store(new.flags as u32, Relaxed);
+        MASK.store(new.mask, Relaxed);
+    }
+    SEQUENCE.store(seq.wrapping_add(2), Release);
     platform::sigprocmask(libc::SIG_SETMASK, saved);
     old
 }
@@ -144,10 +197,16 @@ pub unsafe fn dispatch(sig: c_int, info: *mut libc::siginfo_t, context: *mut lib
         libc::SIG_DFL => end_process_by(sig),
         handler => {
             if d.flags & libc::SA_RESETHAND != 0 {
-                let _ = exchange(Some(Disposition::DEFAULT));
+                // The kernel resets the handler (only) as it delivers: one delivery runs it. If
+                // another delivery reset it first, or the program changed it, run what is there.
+                let reset = Disposition { handler: libc::SIG_DFL, ..d };
+                if update(|now| (now == d).then_some(reset)) != d {
+                    // SAFETY: as for this call.
+                    return unsafe { dispatch(sig, info, context) };
+                }
             }
             platform::sigprocmask(libc::SIG_BLOCK, d.mask & !GLIBC_INTERNAL);
-            if d.flags & libc::SA_NODEFER != 0 {
+            if d.flags & libc::SA_NODEFER != 0 && d.mask & bit(sig) == 0 {
                 platform::sigprocmask(libc::SIG_UNBLOCK, bit(sig));
             }
             // The mask in effect before the signal comes back with the handler's return
@@ -171,7 +230,9 @@ pub unsafe fn dispatch(sig: c_int, info: *mut libc::siginfo_t, context: *mut lib
 fn end_process_by(sig: c_int) -> ! {
     let default = [libc::SIG_DFL, 0, 0, 0];
     let _ = platform::sigaction(sig, Some(&default));
-    let _ = platform::tgkill(platform::getpid(), platform::gettid(), sig);
+    // kill(), not tgkill(): a process-directed SI_USER signal is queued even when the
+    // real-time queue is full (the program may be flooding this very number).
+    let _ = platform::kill(platform::getpid(), sig);
     platform::sigprocmask(libc::SIG_UNBLOCK, bit(sig));
     // Unreachable unless the signal could not be sent: end as the shell would report it.
     platform::exit_group(128 + sig)

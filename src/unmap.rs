@@ -12,14 +12,15 @@
 //! `PT_LOAD` segments. More than `MAX_OBJECTS`: the barrier covers every `rseq_cs`.
 //!
 //! The link maps are read inside a `dl_iterate_phdr()` callback, which holds the dynamic
-//! linker's lock, so no other thread's `dlclose()` can free one while it is read.
+//! linker's write lock (glibc unlinks and unmaps objects under it), so no other thread's
+//! `dlclose()` can free one while it is read.
 
 use crate::barrier::{self, Range};
 use crate::elf::{LinkMap, DT_NEEDED, DT_SONAME, DT_STRTAB};
 use crate::platform::Errno;
 use core::ffi::{c_void, CStr};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, Ordering::Relaxed};
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering::{Acquire, Relaxed, Release}};
 
 const MAX_OBJECTS: usize = 128;
 
@@ -88,6 +89,8 @@ struct Candidates {
 /// State of the walk inside `dl_iterate_phdr`'s callback.
 struct Walk<'a> {
     handle: *const LinkMap,
+    /// Whether objects with an open handle may be left out (this close holds the `CloseLock`).
+    trust_open_counts: bool,
     /// `None` until the first callback computed them.
     candidates: Option<Result<Candidates, Unmaps>>,
     /// Spans, in the order of `Candidates::addrs` (empty where an object has none).
@@ -96,9 +99,9 @@ struct Walk<'a> {
 
 /// The ranges `dlclose(handle)` may unmap: `certain` ones first, then `possible` ones, packed
 /// into `out`.
-fn dlclose_ranges(handle: *mut c_void, out: &mut [Range; MAX_OBJECTS]) -> Unmaps {
+fn dlclose_ranges(handle: *mut c_void, out: &mut [Range; MAX_OBJECTS], trust_open_counts: bool) -> Unmaps {
     let mut spans = [Range { start: 0, end: 0 }; MAX_OBJECTS];
-    let mut walk = Walk { handle: handle as *const LinkMap, candidates: None, spans: &mut spans };
+    let mut walk = Walk { handle: handle as *const LinkMap, trust_open_counts, candidates: None, spans: &mut spans };
     // SAFETY: `visit` only reads what it is handed and the loader's lists (under the loader's
     // lock, which dl_iterate_phdr holds around every callback); `walk` outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk).cast()) };
@@ -121,7 +124,7 @@ unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *m
     // SAFETY: `data` is the `Walk` of `dlclose_ranges`; `info` is valid during the callback.
     let (walk, info) = unsafe { (&mut *(data as *mut Walk), &*info) };
     // SAFETY: called under the loader's lock (see `dlclose_ranges`).
-    let candidates = walk.candidates.get_or_insert_with(|| unsafe { candidates(walk.handle) });
+    let candidates = walk.candidates.get_or_insert_with(|| unsafe { candidates(walk.handle, walk.trust_open_counts) });
     let Ok(c) = candidates else { return 1 };
     let addr = info.dlpi_addr as usize;
     let Some(slot) = c.addrs[..c.total].iter().position(|&a| a == addr) else { return 0 };
@@ -145,7 +148,7 @@ unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *m
 ///
 /// # Safety
 /// Call with the loader's lock held.
-unsafe fn candidates(handle: *const LinkMap) -> Result<Candidates, Unmaps> {
+unsafe fn candidates(handle: *const LinkMap, trust_open_counts: bool) -> Result<Candidates, Unmaps> {
     // glibc's handles are link maps; look the handle up in the loader's lists before reading
     // through it (dlinfo would hand back any pointer).
     if !crate::elf::is_loaded_object(handle) {
@@ -189,7 +192,8 @@ unsafe fn candidates(handle: *const LinkMap) -> Result<Candidates, Unmaps> {
         // One with a `dlopen()` handle still open stays loaded (`opencount`).
         let mut after_startup = m != (*ptr::addr_of!(crate::elf::_r_debug)).r_map;
         while !m.is_null() {
-            if after_startup && m != handle && crate::opencount::open_handles(m).is_none_or(|n| n == 0) {
+            let kept_open = trust_open_counts && crate::opencount::open_handles(m).is_some_and(|n| n > 0);
+            if after_startup && m != handle && !kept_open {
                 add(&mut objects, &mut count, m)?;
             }
             after_startup |= m == startup_last;
@@ -214,10 +218,15 @@ unsafe fn candidates(handle: *const LinkMap) -> Result<Candidates, Unmaps> {
 pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
     // A dlclose() never unmaps the objects loaded at startup: when no thread refers to anything
     // else, neither the walk nor the barrier is needed.
+    // Held until the real dlclose() has returned: the open counts the walk reads stay true.
+    let mut _closing = None;
     if !barrier::only_permanent_referred() {
         crate::opencount::calibrate();
+        let lock = CloseLock::acquire();
+        let trust_open_counts = lock.held;
+        _closing = Some(lock);
         let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
-        match dlclose_ranges(handle, &mut ranges) {
+        match dlclose_ranges(handle, &mut ranges, trust_open_counts) {
             Unmaps::Objects { certain, possible } => {
                 barrier::clear_with_possible(&ranges[..certain], &ranges[certain..certain + possible], 0)?
             }
@@ -233,6 +242,64 @@ pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
     let f: unsafe extern "C" fn(*mut c_void) -> libc::c_int = unsafe { core::mem::transmute(next) };
     // SAFETY: the C library's dlclose, called with the caller's handle.
     Ok(crate::registration::with_own_area_unregistered(|| unsafe { f(handle) }))
+}
+
+/// One `rseqrt_dlclose()` at a time from its link-map walk to the end of its real `dlclose()`.
+/// The walk leaves out objects that still have an open handle (`opencount`); another close
+/// through rseqrt could bring such a count to 0 before this one's real `dlclose()`, which would
+/// then unmap the object unguarded (when this close's object alone kept it, through a relocation
+/// dependency). Recursive, for destructors that call `dlclose()`. A thread that finds it held
+/// for more than [`CLOSE_WAIT_NS`] goes on without it and trusts no open count: it may hold
+/// glibc's loader lock (a constructor or destructor that closes a handle) while the holder waits
+/// for that lock in its real `dlclose()`; the count can then change under the holder (README,
+/// "What `dlclose()` may unmap"). Closes that bypass rseqrt (glibc's own, or a plain `dlclose()`
+/// where only `librseqrt.so` is linked) are not excluded either.
+struct CloseLock {
+    held: bool,
+}
+
+static CLOSE_OWNER: AtomicI32 = AtomicI32::new(0);
+static CLOSE_DEPTH: AtomicU32 = AtomicU32::new(0);
+const CLOSE_WAIT_NS: u64 = 50_000_000;
+
+impl CloseLock {
+    fn acquire() -> CloseLock {
+        let me = crate::platform::gettid();
+        if CLOSE_OWNER.load(Acquire) == me {
+            CLOSE_DEPTH.fetch_add(1, Relaxed);
+            return CloseLock { held: true };
+        }
+        let give_up = crate::platform::monotonic_ns() + CLOSE_WAIT_NS;
+        loop {
+            if CLOSE_OWNER.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
+                CLOSE_DEPTH.store(1, Relaxed);
+                return CloseLock { held: true };
+            }
+            if crate::platform::monotonic_ns() >= give_up {
+                return CloseLock { held: false };
+            }
+            crate::platform::sched_yield();
+        }
+    }
+
+    /// In a `fork()` child: the holder, if any, was another thread.
+    pub fn after_fork_child() {
+        CLOSE_DEPTH.store(0, Relaxed);
+        CLOSE_OWNER.store(0, Release);
+    }
+}
+
+impl Drop for CloseLock {
+    fn drop(&mut self) {
+        if self.held && CLOSE_OWNER.load(Relaxed) == crate::platform::gettid() && CLOSE_DEPTH.fetch_sub(1, Relaxed) == 1 {
+            CLOSE_OWNER.store(0, Release);
+        }
+    }
+}
+
+/// In a `fork()` child (see [`CloseLock`]).
+pub fn after_fork_child() {
+    CloseLock::after_fork_child();
 }
 
 /// The `DT_NEEDED` names of `m`; `None` when it has more than fit.

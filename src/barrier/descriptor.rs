@@ -90,8 +90,9 @@ fn descriptor_refers(addr: usize, ranges: &[Range]) -> bool {
     }
     let cs = if crate::permanent::holds(addr, size) {
         // SAFETY: the descriptor lies inside a readable segment of an object that is never
-        // unloaded, and outside the memory being freed (checked above).
-        unsafe { core::ptr::read_volatile(addr as *const rseq_cs) }
+        // unloaded, and outside the memory being freed (checked above); the kernel does not
+        // require its alignment, so neither does this read.
+        unsafe { core::ptr::read_unaligned(addr as *const rseq_cs) }
     } else {
         let mut cs = MaybeUninit::<rseq_cs>::uninit();
         // SAFETY: `cs` is a live local of `size` bytes.

@@ -20,8 +20,9 @@ fn permanent_value(value: u64) -> bool {
     if !permanent::holds(addr, size_of::<rseq_cs>()) {
         return false;
     }
-    // SAFETY: the descriptor lies inside a readable segment of an object never unloaded.
-    let cs = unsafe { core::ptr::read_volatile(addr as *const rseq_cs) };
+    // SAFETY: the descriptor lies inside a readable segment of an object never unloaded; the
+    // kernel does not require its alignment, so neither does this read.
+    let cs = unsafe { core::ptr::read_unaligned(addr as *const rseq_cs) };
     let (start, abort) = (cs.start_ip as usize, cs.abort_ip as usize);
     permanent::holds(start, cs.post_commit_offset as usize) && abort >= 4 && permanent::holds(abort - 4, 4)
 }
