@@ -42,6 +42,17 @@ static void check(int ok, const char *fmt, ...)
     failures += !ok;
 }
 
+static volatile sig_atomic_t info_runs, info_code, info_pid;
+
+static void on_info(int sig, siginfo_t *info, void *context)
+{
+    (void)sig;
+    (void)context;
+    info_runs++;
+    info_code = info->si_code;
+    info_pid = info->si_pid;
+}
+
 static void on_signal(int sig)
 {
     if (sig > 0 && sig <= 64)
@@ -117,6 +128,23 @@ int main(int argc, char **argv)
         check(syscall(SYS_rt_sigaction, reserved, NULL, kact, 8) == 0 && kact[0] != (unsigned long)on_signal &&
                   kact[0] != (unsigned long)SIG_DFL && kact[0] != (unsigned long)SIG_IGN,
               "the kernel still runs rseqrt's handler on %d", reserved);
+    }
+
+    /* A one-shot SA_SIGINFO handler on the top number (the reserved one under rseqrt): runs once,
+     * sees the sender's siginfo, and leaves SIG_DFL behind, as the kernel does. */
+    {
+        int top = reserved ? reserved : 64;
+        struct sigaction act, now;
+        memset(&act, 0, sizeof act);
+        act.sa_sigaction = on_info;
+        act.sa_flags = SA_SIGINFO | SA_RESETHAND;
+        sigemptyset(&act.sa_mask);
+        check(sigaction(top, &act, NULL) == 0, "sigaction(%d, SA_SIGINFO|SA_RESETHAND)", top);
+        raise(top);
+        check(info_runs == 1 && info_code == SI_TKILL && info_pid == getpid(),
+              "signal %d raised: the one-shot SA_SIGINFO handler ran %d time(s), si_code %d (SI_TKILL %d), si_pid %d",
+              top, info_runs, info_code, SI_TKILL, info_pid);
+        check(sigaction(top, NULL, &now) == 0 && now.sa_handler == SIG_DFL, "after it ran, signal %d reads SIG_DFL", top);
     }
 
     /* glibc's allocator: the ends of the range, never the reserved signal (a reserved signal in
