@@ -332,7 +332,10 @@ static void bench_barrier(const char *plugin, int threads, int reps, int iters)
                     if (m == IDLE || m == SCAN || m == STALE)
                         continue;
 #endif
-                    if (m == STALE)
+                    /* The naive broadcast follows the same wake-up as the stale barrier (its
+                     * threads run a critical section and go back to sleep), so that both start
+                     * from threads in the same state. */
+                    if (m == STALE || m == NAIVE)
                         make_stale(threads, inc);
                     uint64_t t0 = now_ns();
                     switch (m) {

@@ -20,7 +20,7 @@ use crate::elf::{LinkMap, DT_NEEDED, DT_SONAME, DT_STRTAB};
 use crate::platform::Errno;
 use core::ffi::{c_void, CStr};
 use core::ptr;
-use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering::{Acquire, Relaxed, Release}};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering::{Acquire, Relaxed, Release}};
 
 const MAX_OBJECTS: usize = 128;
 
@@ -256,27 +256,31 @@ pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
 /// where only `librseqrt.so` is linked) are not excluded either.
 struct CloseLock {
     held: bool,
+    /// The calling thread's thread pointer (the owner's, when `held`).
+    me: usize,
 }
 
-static CLOSE_OWNER: AtomicI32 = AtomicI32::new(0);
+/// The holder's thread pointer (no system call, unlike its id; a raw `clone()` thread that shares
+/// its parent's counts as its parent), 0 when free.
+static CLOSE_OWNER: AtomicUsize = AtomicUsize::new(0);
 static CLOSE_DEPTH: AtomicU32 = AtomicU32::new(0);
 const CLOSE_WAIT_NS: u64 = 50_000_000;
 
 impl CloseLock {
     fn acquire() -> CloseLock {
-        let me = crate::platform::gettid();
+        let me = crate::arch::thread_pointer();
         if CLOSE_OWNER.load(Acquire) == me {
             CLOSE_DEPTH.fetch_add(1, Relaxed);
-            return CloseLock { held: true };
+            return CloseLock { held: true, me };
         }
         let give_up = crate::platform::monotonic_ns() + CLOSE_WAIT_NS;
         loop {
             if CLOSE_OWNER.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
                 CLOSE_DEPTH.store(1, Relaxed);
-                return CloseLock { held: true };
+                return CloseLock { held: true, me };
             }
             if crate::platform::monotonic_ns() >= give_up {
-                return CloseLock { held: false };
+                return CloseLock { held: false, me };
             }
             crate::platform::sched_yield();
         }
@@ -291,7 +295,7 @@ impl CloseLock {
 
 impl Drop for CloseLock {
     fn drop(&mut self) {
-        if self.held && CLOSE_OWNER.load(Relaxed) == crate::platform::gettid() && CLOSE_DEPTH.fetch_sub(1, Relaxed) == 1 {
+        if self.held && CLOSE_OWNER.load(Relaxed) == self.me && CLOSE_DEPTH.fetch_sub(1, Relaxed) == 1 {
             CLOSE_OWNER.store(0, Release);
         }
     }
