@@ -38,7 +38,7 @@ static STATE: AtomicUsize = AtomicUsize::new(UNMEASURED);
 /// Measures the offset, once per process (the first caller measures; the others go on without
 /// it until it is known).
 pub fn calibrate() {
-    if STATE.compare_exchange(UNMEASURED, MEASURING, AcqRel, Acquire).is_err() {
+    if STATE.load(Acquire) != UNMEASURED || STATE.compare_exchange(UNMEASURED, MEASURING, AcqRel, Acquire).is_err() {
         return;
     }
     let found = measure().map_or(UNKNOWN, |offset| MEASURED + offset);

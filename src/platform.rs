@@ -104,7 +104,10 @@ pub fn sigaction(sig: i32, act: Option<&[usize; 4]>) -> SysResult<[usize; 4]> {
 pub fn exit_group(status: i32) -> ! {
     // SAFETY: no pointers; the call does not return.
     unsafe { syscall6(libc::SYS_exit_group, status as usize, 0, 0, 0, 0, 0) };
-    unreachable!("exit_group returned")
+    // Never reached; no panic machinery here (this runs in a signal handler).
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 /// `kill(2)`.
@@ -149,11 +152,7 @@ pub unsafe fn read(fd: i32, buf: *mut u8, len: usize) -> SysResult<usize> {
 /// The handler address of signal `sig` (`SIG_DFL` is 0, `SIG_IGN` 1), as the kernel holds it:
 /// an `rt_sigaction(2)` query, which changes nothing.
 pub fn signal_handler(sig: i32) -> SysResult<usize> {
-    // The kernel's `struct sigaction` on x86-64: handler, flags, restorer, mask (8 bytes).
-    let mut old = [0usize; 4];
-    // SAFETY: no new action; `old` is a live local as large as the kernel's structure.
-    unsafe { sys!(libc::SYS_rt_sigaction, sig, 0usize, old.as_mut_ptr(), 8usize) }?;
-    Ok(old[0])
+    sigaction(sig, None).map(|old| old[0])
 }
 
 /// `close(2)`.
@@ -215,7 +214,7 @@ pub fn sleep_ns(ns: u64) {
 }
 
 /// `futex(FUTEX_WAIT_PRIVATE)`: sleeps while `*word == expected`, at most `timeout_ns`, or until
-/// a [`futex_wake`] (or a signal). Async-signal-safe.
+/// a [`futex_wake_all`] (or a signal). Async-signal-safe.
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_ns: u64) {
     let ts = libc::timespec { tv_sec: (timeout_ns / 1_000_000_000) as i64, tv_nsec: (timeout_ns % 1_000_000_000) as i64 };
     // SAFETY: `word` is a live, aligned u32 and `ts` a live local.

@@ -277,11 +277,7 @@ impl ReadGuard {
 
     /// Calls `f(tid, area)` for every LIVE slot.
     pub fn for_each_live(&self, mut f: impl FnMut(i32, *mut RseqrtArea)) {
-        for_each_slot(|_, s| {
-            if s.state.load(SeqCst) == LIVE {
-                f(s.tid.load(Relaxed), s.area.load(Relaxed));
-            }
-        });
+        self.for_each_live_slot(|_, tid, area| f(tid, area));
     }
 
     /// Calls `f(slot, tid, area)` for every LIVE slot.

@@ -43,12 +43,11 @@ pub fn handled() -> u32 {
 
 extern "C" fn on_reserved_signal(sig: c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passed `info` and `context` to this SA_SIGINFO handler.
-    if !unsafe { crate::sigshare::is_request(info) } {
+    match unsafe { crate::sigshare::as_request(info) } {
+        Some(request) => acknowledge(request),
         // SAFETY: as above.
-        return unsafe { crate::sigshare::dispatch(sig, info, context) };
+        None => unsafe { crate::sigshare::dispatch(sig, info, context) },
     }
-    // SAFETY: as above; a request's siginfo_t has the queued layout.
-    acknowledge(unsafe { &*(info as *const crate::platform::QueuedSiginfo) });
 }
 
 /// Records that the calling thread ran the handler for `request`, which names the thread it was

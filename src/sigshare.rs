@@ -58,14 +58,14 @@ pub fn written() -> bool {
     SEQUENCE.load(Acquire) != 0
 }
 
-/// Whether `info` (what the kernel gave the handler) is a barrier request of this process.
+/// `info` (what the kernel gave the handler) as a barrier request of this process, if it is one.
 ///
 /// # Safety
 /// `info` must be the `siginfo_t` pointer an `SA_SIGINFO` handler received.
-pub unsafe fn is_request(info: *const libc::siginfo_t) -> bool {
+pub unsafe fn as_request<'a>(info: *const libc::siginfo_t) -> Option<&'a platform::QueuedSiginfo> {
     // SAFETY: the kernel's siginfo_t is 128 bytes; the queued layout's fields are in range.
     let q = unsafe { &*(info as *const platform::QueuedSiginfo) };
-    q.code == libc::SI_QUEUE && q.value == request_value()
+    (q.code == libc::SI_QUEUE && q.value == request_value()).then_some(q)
 }
 
 /// The program's disposition: handler (or `SIG_DFL`/`SIG_IGN`), `sa_flags`, and its `sa_mask`

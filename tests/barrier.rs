@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::scenario::{case, finish, go, Case, Expect, Mode, Suite, modes};
-use support::{c_test_source, compile, seccomp_exec, stage, CompileSpec, Stage};
+use support::{c_test_source, compile, compile_linked, seccomp_exec, stage, CompileSpec, Stage};
 
 const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -59,20 +59,8 @@ fn programs() -> &'static Programs {
         let plugin_clone = compile(
             &CompileSpec::new("barrier_plugin_clone.so", &[src("plugin_clone.c")]).cflags(&["-fPIC", "-shared"]),
         );
-        let discard = compile(
-            &CompileSpec::new("discard_cases", &[src("discard_cases.c")])
-                .cflags(&["-Wall", "-Wextra", "-Werror"])
-                .cflags(&cflags)
-                .libs(&libs)
-                .libs(&["-pthread", "-ldl"]),
-        );
-        let scan = compile(
-            &CompileSpec::new("scan_cases", &[src("scan_cases.c")])
-                .cflags(&["-Wall", "-Wextra", "-Werror"])
-                .cflags(&cflags)
-                .libs(&libs)
-                .libs(&["-pthread", "-ldl"]),
-        );
+        let discard = compile_linked("discard_cases", "discard_cases.c");
+        let scan = compile_linked("scan_cases", "scan_cases.c");
         Programs { stage, cases, preload_prog, seccomp: seccomp_exec(), plugin, plugin_clone, discard, scan }
     })
 }

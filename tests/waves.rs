@@ -14,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use support::scenario::{case, Suite};
-use support::{c_test_source, compile, stage, CompileSpec};
+use support::{c_test_source, compile, compile_linked, stage, CompileSpec};
 
 /// Wave threads alive at once, plus the program's own few; twice that must fit under the limits
 /// (a stopping wave's ids are not yet free while the next starts).
@@ -40,14 +40,7 @@ fn ten_thousand_threads_in_waves_while_barriers_run() {
         return;
     }
     let stage = stage();
-    let (cflags, libs) = stage.rseqrt_flags();
-    let program = compile(
-        &CompileSpec::new("waves", &[c_test_source("waves.c")])
-            .cflags(&["-Wall", "-Wextra", "-Werror"])
-            .cflags(&cflags)
-            .libs(&libs)
-            .libs(&["-pthread", "-ldl"]),
-    );
+    let program = compile_linked("waves", "waves.c");
     let plugin = compile(
         &CompileSpec::new("waves_plugin_counter.so", &[c_test_source("plugin_counter.c")]).cflags(&["-fPIC", "-shared"]),
     );

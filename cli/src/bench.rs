@@ -181,6 +181,12 @@ fn run_prog(prog: &Path, args: &[String], env: &[(&str, String)]) -> Result<Samp
     Ok(s)
 }
 
+/// `rseqrt_bench MODE PLUGIN THREADS REPS ITERS`, linked with rseqrt.
+fn run_with_plugin(p: &Programs, mode: &str, plugin: &str, threads: usize, reps: usize, iters: usize) -> Result<Samples, String> {
+    let args = [mode.to_string(), plugin.to_string(), threads.to_string(), reps.to_string(), iters.to_string()];
+    run_prog(&p.linked, &args, &[])
+}
+
 fn a(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -264,7 +270,7 @@ fn measure(o: &Opts, p: &Programs, log: &dyn Fn(&str)) -> Result<Measurements, S
         for (threads, iters) in if q { [(1, 40), (64, 30), (1000, 8)] } else { [(1, 150), (64, 100), (1000, 25)] } {
             log(&format!("dlclose, {threads} threads"));
             let reps = if q { 5 } else { 9 };
-            let s = run_prog(&p.linked, &[a(&["dlclose", &plugin]), vec![threads.to_string(), reps.to_string(), iters.to_string()]].concat(), &[])?;
+            let s = run_with_plugin(p, "dlclose", &plugin, threads, reps, iters)?;
             dl.insert(threads, s);
         }
         Some(dl)
@@ -286,7 +292,7 @@ fn measure(o: &Opts, p: &Programs, log: &dyn Fn(&str)) -> Result<Measurements, S
                 65..=1000 => (9, 20),
                 _ => (5, 2),
             };
-            let s = run_prog(&p.linked, &[a(&["barrier", &plugin]), vec![threads.to_string(), reps.to_string(), iters.to_string()]].concat(), &[])?;
+            let s = run_with_plugin(p, "barrier", &plugin, threads, reps, iters)?;
             bar.insert(threads, s);
         }
         Some(bar)

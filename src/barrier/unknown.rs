@@ -21,8 +21,9 @@
 //!
 //! Cost: linear in the process's threads (one table lookup per thread the kernel lists).
 //!
-//! Guarantees: malloc-free (fixed arrays on the stack, `mmap`ed scratch memory); async-signal-safe except the glibc
-//! broadcast, which `SIGNAL_SAFE` callers never reach (they get EAGAIN).
+//! Guarantees: malloc-free (fixed arrays on the stack, `mmap`ed scratch memory);
+//! async-signal-safe except the glibc broadcast, which `SIGNAL_SAFE` callers never reach (they
+//! get EAGAIN).
 
 use super::acked::Rounds;
 use super::{broadcast, SIGNAL_SAFE};

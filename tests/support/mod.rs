@@ -201,6 +201,19 @@ impl CompileSpec {
     }
 }
 
+/// A C test program of `c-abi-tests/` linked with the staged rseqrt, warnings as errors, with
+/// threads and `dlopen` (see [`compile`]).
+pub fn compile_linked(output: &str, source: &str) -> PathBuf {
+    let (cflags, libs) = stage().rseqrt_flags();
+    compile(
+        &CompileSpec::new(output, &[c_test_source(source)])
+            .cflags(&["-Wall", "-Wextra", "-Werror"])
+            .cflags(&cflags)
+            .libs(&libs)
+            .libs(&["-pthread", "-ldl"]),
+    )
+}
+
 /// Compiles into `build/tests/<output>` and returns the path. Within one test
 /// process a given output is built once (later calls return the first result,
 /// so tests sharing a program do not race to write it); a compile error
