@@ -3,6 +3,7 @@
  *
  *   scan_cases permanent rseqrt open|filtered
  *   scan_cases openhandle rseqrt COUNTER_PLUGIN OTHER_PLUGIN
+ *   scan_cases dlopened rseqrt open|filtered COUNTER_PLUGIN OTHER_PLUGIN
  *
  * Two threads run one critical section and block in read(): "program" with the descriptor in
  * this program's own .data (memory that stays mapped for the life of the process), "anonymous"
@@ -23,11 +24,23 @@
  * Before rseqrt read glibc's open count, every object loaded after startup counted as one the
  * close might unmap, and the thread was signalled (its kernel cleared the field).
  *
+ * dlopened: like openhandle, with process_vm_readv refused to every thread (filtered: a seccomp
+ * filter installed after one first rseqrt_munmap(), which learns the plugin's segments) or not
+ * (open): the thread's descriptor lies in COUNTER_PLUGIN, loaded after startup and kept open.
+ * With glibc's _dl_find_object() (2.35+) rseqrt reads it with a plain load (src/loaded.rs), so
+ * neither rseqrt_munmap() of a fresh page nor rseqrt_dlclose() of OTHER_PLUGIN signals the
+ * thread, even with process_vm_readv refused. glibc before 2.35 has no such function: the descriptor is read
+ * with process_vm_readv, and refused, it counts as referring (fail closed): the thread's kernel
+ * clears its field. Either way, rseqrt_dlclose() of COUNTER_PLUGIN itself must clear it (the
+ * descriptor lies in the memory being freed: judged without reading it). Before the plain load,
+ * the filtered case cleared the field on every glibc.
+ *
  * Exit: 0 passed; 1 a check failed; 2 setup; 3 no registered rseq area. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
 
+#include "seccomp_filter.h"
 #include "test_common.h"
 
 struct idle {
@@ -105,23 +118,87 @@ static void open_handle(const char *counter_plugin, const char *other_plugin)
     check(rseqrt_dlclose(kept) == 0, "rseqrt_dlclose of the kept plugin = 0");
 }
 
-int main(int argc, char **argv)
+/* Whether process_vm_readv is refused, as the scenario says it must be. */
+static int readv_filtered(const char *how)
 {
-    cases_start(argc, argv, "open|filtered | COUNTER_PLUGIN OTHER_PLUGIN");
-    if (!strcmp(scenario, "openhandle") && use_rseqrt && argc == 5) {
-        open_handle(argv[3], argv[4]);
-        printf("survived\n");
-        return 0;
-    }
-    if (strcmp(scenario, "permanent") || !use_rseqrt || argc != 4 || (strcmp(argv[3], "open") && strcmp(argv[3], "filtered")))
-        die(2, "usage: %s permanent rseqrt open|filtered | openhandle rseqrt COUNTER_PLUGIN OTHER_PLUGIN", argv[0]);
-    int filtered = !strcmp(argv[3], "filtered");
+    int filtered = !strcmp(how, "filtered");
     errno = 0;
     long rc = syscall(SYS_process_vm_readv, getpid(), NULL, 0, NULL, 0, 0);
     printf("process_vm_readv(nothing) = %ld, errno %d\n", rc, rc ? errno : 0);
     if (filtered != (rc == -1 && errno == EPERM))
         die(2, "process_vm_readv is %s, the scenario expects it %s", rc == -1 && errno == EPERM ? "refused" : "open",
             filtered ? "refused" : "open");
+    return filtered;
+}
+
+static void dlopened(const char *counter_plugin, const char *other_plugin, int filtered)
+{
+    int plain = dlsym(RTLD_DEFAULT, "_dl_find_object") != NULL;
+    int kept_expected = plain || !filtered;
+    printf("glibc %s _dl_find_object: with process_vm_readv %s, expect the thread %s\n", plain ? "has" : "has no",
+           filtered ? "refused" : "open", kept_expected ? "left alone" : "cleared (fail closed)");
+    void *kept = dlopen(counter_plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!kept)
+        die(2, "dlopen %s: %s", counter_plugin, dlerror());
+    struct idle user = {.plugin_fn = (int (*)(long *))dlsym(kept, "plugin_inc")};
+    if (!user.plugin_fn)
+        die(2, "dlsym plugin_inc: %s", dlerror());
+    idle_start(&user, "plugin user", NULL);
+    uint64_t before = idle_cs(&user);
+    if (!before)
+        die(9, "inconclusive: the thread's rseq_cs is already 0");
+    void *fresh = map_pages(1);
+    check(rseqrt_munmap(fresh, pagesz) == 0, "first rseqrt_munmap of a fresh page = 0");
+    check(idle_cs(&user) == before, "the first barrier left the thread alone (process_vm_readv still open)");
+    if (filtered && refuse_syscall(SYS_process_vm_readv, EPERM, 1) != 0)
+        die(2, "seccomp filter: %s", strerror(errno));
+    readv_filtered(filtered ? "filtered" : "open");
+    fresh = map_pages(1);
+    check(rseqrt_munmap(fresh, pagesz) == 0, "rseqrt_munmap of a fresh page = 0");
+    uint64_t after_munmap = idle_cs(&user);
+    void *other = dlopen(other_plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!other)
+        die(2, "dlopen %s: %s", other_plugin, dlerror());
+    check(rseqrt_dlclose(other) == 0, "rseqrt_dlclose of the other plugin = 0");
+    uint64_t after_dlclose = idle_cs(&user);
+    if (kept_expected) {
+        check(after_munmap == before, "rseqrt_munmap: the thread was not signalled, rseq_cs unchanged (%#llx)",
+              (unsigned long long)after_munmap);
+        check(after_dlclose == before, "rseqrt_dlclose of the other plugin: not signalled, rseq_cs unchanged (%#llx)",
+              (unsigned long long)after_dlclose);
+    } else {
+        check(after_munmap == 0, "rseqrt_munmap: the descriptor could not be read, so the thread's kernel cleared "
+              "its rseq_cs: %#llx", (unsigned long long)after_munmap);
+    }
+    /* The plugin's own close: the thread's descriptor lies in the memory freed. Stale again first
+     * (the fail-closed case cleared it). */
+    idle_stop(&user);
+    struct idle again = {.plugin_fn = user.plugin_fn};
+    idle_start(&again, "plugin user, again", NULL);
+    check(idle_cs(&again) != 0, "a thread ran the plugin's critical section again");
+    check(rseqrt_dlclose(kept) == 0, "rseqrt_dlclose of the plugin the thread refers to = 0");
+    check(idle_cs(&again) == 0, "its kernel cleared the thread's rseq_cs before the plugin was unmapped: %#llx",
+          (unsigned long long)idle_cs(&again));
+    idle_stop(&again);
+}
+
+int main(int argc, char **argv)
+{
+    cases_start(argc, argv, "open|filtered [COUNTER_PLUGIN OTHER_PLUGIN] | COUNTER_PLUGIN OTHER_PLUGIN");
+    if (!strcmp(scenario, "openhandle") && use_rseqrt && argc == 5) {
+        open_handle(argv[3], argv[4]);
+        printf("survived\n");
+        return 0;
+    }
+    if (!strcmp(scenario, "dlopened") && use_rseqrt && argc == 6) {
+        dlopened(argv[4], argv[5], !strcmp(argv[3], "filtered"));
+        printf("survived\n");
+        return 0;
+    }
+    if (strcmp(scenario, "permanent") || !use_rseqrt || argc != 4 || (strcmp(argv[3], "open") && strcmp(argv[3], "filtered")))
+        die(2, "usage: %s permanent rseqrt open|filtered | openhandle rseqrt COUNTER_PLUGIN OTHER_PLUGIN | dlopened rseqrt "
+            "open|filtered COUNTER_PLUGIN OTHER_PLUGIN", argv[0]);
+    int filtered = readv_filtered(argv[3]);
 
     struct idle program = {0}, anonymous = {0};
     idle_start(&program, "program", rseq_cs_own_desc());

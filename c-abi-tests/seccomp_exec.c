@@ -13,23 +13,10 @@
  * then execs PROG; the filter survives execve. Raw BPF (no libseccomp) so the tests
  * need nothing extra. Exit: 2 usage, 126 the filter could not be installed or is not
  * effective, 127 execv failed; otherwise PROG's. */
-#include <errno.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
-#ifndef __x86_64__
-#error "seccomp_exec knows the x86-64 syscall ABI only"
-#endif
-
-/* x32 callers use the same number with this bit set. */
-#define X32_BIT 0x40000000u
+#include "seccomp_filter.h"
 
 int main(int argc, char **argv)
 {
@@ -52,29 +39,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    struct sock_filter filter[] = {
-        /* A syscall from another ABI has other numbers: allow it untouched. */
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 2, 0),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, X32_BIT | (unsigned)nr, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
-    };
-    struct sock_fprog prog = {
-        .len = (unsigned short)(sizeof filter / sizeof filter[0]),
-        .filter = filter,
-    };
-
-    /* Required to install a filter without CAP_SYS_ADMIN; also harmless as root. */
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-        fprintf(stderr, "seccomp_exec: PR_SET_NO_NEW_PRIVS: %s\n", strerror(errno));
-        return 126;
-    }
-    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
-        fprintf(stderr, "seccomp_exec: PR_SET_SECCOMP: %s\n", strerror(errno));
+    if (refuse_syscall(nr, err, 0) != 0) {
+        fprintf(stderr, "seccomp_exec: installing the filter: %s\n", strerror(errno));
         return 126;
     }
 

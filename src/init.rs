@@ -16,6 +16,7 @@ pub extern "C" fn run() {
     crate::libc_private::init();
     crate::unmap::note_startup_objects();
     crate::permanent::note();
+    crate::loaded::note();
     if state::owner() == Owner::SelfOwned {
         if !thread::pthread_create_is_ours() {
             // Loaded too late (dlopen): threads the program creates would bypass rseqrt's

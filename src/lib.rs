@@ -26,6 +26,7 @@ mod early;
 mod elf;
 mod init;
 mod libc_private;
+mod loaded;
 mod opencount;
 mod permanent;
 mod platform;

@@ -48,7 +48,8 @@ pub fn calibrate() {
 /// The number of open `dlopen()` handles on `m`; `None` while the offset is not known.
 ///
 /// # Safety
-/// `m` must be a loaded object, read under the loader's lock.
+/// `m` must be a loaded object that cannot be unloaded meanwhile: under the loader's lock, or
+/// while rseqrt's unloads wait (`loaded`). Outside the loader's lock the count may be changing.
 pub unsafe fn open_handles(m: *const LinkMap) -> Option<u32> {
     let offset = STATE.load(Acquire).checked_sub(MEASURED)?;
     // SAFETY: the caller guarantees the map is live; the offset lies inside its structure.

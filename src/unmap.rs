@@ -216,15 +216,19 @@ unsafe fn candidates(handle: *const LinkMap, trust_open_counts: bool) -> Result<
 /// object as it is unmapped. So the caller's area is unregistered around the call (its
 /// critical sections then take their fallback paths) and registered again after.
 pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
-    // A dlclose() never unmaps the objects loaded at startup: when no thread refers to anything
-    // else, neither the walk nor the barrier is needed.
-    // Held until the real dlclose() has returned: the open counts the walk reads stay true.
-    let mut _closing = None;
-    if !barrier::only_permanent_referred() {
-        crate::opencount::calibrate();
-        let lock = CloseLock::acquire();
-        let trust_open_counts = lock.held;
-        _closing = Some(lock);
+    crate::opencount::calibrate();
+    // Held until the real dlclose() has returned: the open counts read below stay true.
+    let closing = CloseLock::acquire();
+    let trust_open_counts = closing.held;
+    // A dlclose() never unmaps the objects loaded at startup, nor one that keeps an open handle
+    // after this close: when no thread refers to anything else, neither the walk nor the barrier
+    // is needed.
+    let handle_map = handle as *const LinkMap;
+    let stays = |m: *const LinkMap| {
+        // SAFETY: `quick` calls this with a loaded object's map while rseqrt's unloads wait.
+        trust_open_counts && unsafe { crate::opencount::open_handles(m) }.is_some_and(|n| n > u32::from(m == handle_map))
+    };
+    if !barrier::only_lasting_memory_referred(stays) {
         let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
         match dlclose_ranges(handle, &mut ranges, trust_open_counts) {
             Unmaps::Objects { certain, possible } => {
@@ -240,6 +244,8 @@ pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
     }
     // SAFETY: the C library's dlclose has this signature.
     let f: unsafe extern "C" fn(*mut c_void) -> libc::c_int = unsafe { core::mem::transmute(next) };
+    // Barriers read descriptors in loaded objects with plain loads, except while this runs.
+    let _unloading = crate::loaded::UnloadGuard::new();
     // SAFETY: the C library's dlclose, called with the caller's handle.
     Ok(crate::registration::with_own_area_unregistered(|| unsafe { f(handle) }))
 }
@@ -273,13 +279,15 @@ impl CloseLock {
             CLOSE_DEPTH.fetch_add(1, Relaxed);
             return CloseLock { held: true, me };
         }
-        let give_up = crate::platform::monotonic_ns() + CLOSE_WAIT_NS;
+        let mut give_up = None;
         loop {
             if CLOSE_OWNER.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
                 CLOSE_DEPTH.store(1, Relaxed);
                 return CloseLock { held: true, me };
             }
-            if crate::platform::monotonic_ns() >= give_up {
+            // The clock only once the lock is found held.
+            let now = crate::platform::monotonic_ns();
+            if now >= *give_up.get_or_insert(now + CLOSE_WAIT_NS) {
                 return CloseLock { held: false, me };
             }
             crate::platform::sched_yield();

@@ -272,6 +272,28 @@ fn dlclose_leaves_objects_with_open_handles_alone() {
     finish("open handles", f);
 }
 
+/// Issue 11, item 3: an idle thread whose descriptor lies in a plugin loaded after startup and
+/// kept open is judged without a system call where glibc has `_dl_find_object()` (2.35+), by
+/// `rseqrt_munmap()` and by `rseqrt_dlclose()` of another plugin, also with `process_vm_readv`
+/// refused (a seccomp filter the case installs after a first barrier); before 2.35 it fails
+/// closed there (cleared). Closing its own plugin clears it on every
+/// glibc. The previous build cleared it whenever `process_vm_readv` was refused.
+#[test]
+fn descriptors_in_dlopened_objects_cost_no_system_call() {
+    let p = programs();
+    let (counter, other) = (p.plugin.display().to_string(), p.plugin_clone.display().to_string());
+    let mut f = Vec::new();
+    for &mode in modes() {
+        f.extend(go(suite()
+            .scenario(format!("dlopened, process_vm_readv open [{}]", mode.name()), &p.scan, &["dlopened", "rseqrt", "open", &counter, &other], mode, Expect::Exit(0))
+            .owner(mode.owner())));
+        f.extend(go(suite()
+            .scenario(format!("dlopened, process_vm_readv EPERM [{}]", mode.name()), &p.scan, &["dlopened", "rseqrt", "filtered", &counter, &other], mode, Expect::Exit(0))
+            .owner(mode.owner())));
+    }
+    finish("descriptors in dlopen()ed objects", f);
+}
+
 /// 9. Signal interposers: sigfillset + pthread_sigmask / sigprocmask leave the reserved
 /// signal unblocked (SigBlk); sigaction() and signal() on its number set and report the
 /// program's own disposition while the kernel keeps rseqrt's handler (SigCgt), and a barrier

@@ -4,8 +4,9 @@
 //! 32-byte descriptor itself, the critical section's code (`start_ip` up to
 //! `start_ip + post_commit_offset`), or the signature word at `abort_ip - 4`. A descriptor in
 //! memory that stays mapped for the life of the process (`permanent`: the program and the
-//! objects it needs) is read with a plain load; any other with `process_vm_readv`, and one that
-//! cannot be read that way counts as referring.
+//! objects it needs) is read with a plain load, and so is one in an object loaded later while
+//! rseqrt's unloads wait (`loaded`); any other with `process_vm_readv`, and one that cannot be
+//! read that way counts as referring.
 //!
 //! Guarantees: async-signal-safe, malloc-free (fixed-size cache on the caller's stack).
 
@@ -66,6 +67,7 @@ impl<'a> Classifier<'a> {
         }
         let ranges = match self.target {
             Target::All => return true,
+            Target::Ranges([]) => return false,
             Target::Ranges(r) => r,
         };
         let verdict = match self.seen[..self.len].iter().find(|(v, _)| *v == value) {
@@ -93,6 +95,8 @@ fn descriptor_refers(addr: usize, ranges: &[Range]) -> bool {
         // unloaded, and outside the memory being freed (checked above); the kernel does not
         // require its alignment, so neither does this read.
         unsafe { core::ptr::read_unaligned(addr as *const rseq_cs) }
+    } else if let Some(cs) = crate::loaded::read_descriptor(addr) {
+        cs
     } else {
         let mut cs = MaybeUninit::<rseq_cs>::uninit();
         // SAFETY: `cs` is a live local of `size` bytes.

@@ -54,7 +54,7 @@ mod unknown;
 pub mod expedite;
 
 pub use descriptor::Range;
-pub use quick::only_permanent_referred;
+pub use quick::only_lasting_memory_referred;
 use descriptor::{Classifier, Target};
 
 use crate::abi::RseqrtArea;

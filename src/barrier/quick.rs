@@ -1,17 +1,21 @@
-//! QUICK: whether every thread's `rseq_cs` is 0 or refers only to memory that never goes away
-//! (`permanent`: the program and the objects it needs). Then no `dlclose()` can unmap anything a
-//! thread refers to, and `rseqrt_dlclose()` skips the link-map walk and the barrier: in a process
-//! whose critical sections live in the program or its libraries (the common case), idle threads
-//! hold such values, and the check is the scan's one load per thread.
+//! QUICK: whether every thread's `rseq_cs` is 0 or refers only to memory that a `dlclose()`
+//! leaves mapped: memory that never goes away (`permanent`: the program and the objects it
+//! needs), or an object loaded later that the close keeps (`loaded`; the caller says which, from
+//! the objects' open handles). Then the close cannot unmap anything a thread refers to, and
+//! `rseqrt_dlclose()` skips the link-map walk and the barrier. In a process that uses rseq, idle
+//! threads hold such values (their last critical section ran elsewhere), and the check is the
+//! scan's one load per thread plus one look per distinct value.
 //!
 //! It answers `false` (run the full barrier) whenever it cannot be sure: a value elsewhere, a
 //! descriptor whose code or abort signature lies elsewhere, or threads the registry does not know.
-//! Guarantees: async-signal-safe, allocation-free, no system call.
+//! Guarantees: async-signal-safe, allocation-free, no system call (but the first look at an
+//! object loaded later: see `loaded`).
 
 use super::read_cs;
 use crate::abi::rseq_cs;
+use crate::elf::LinkMap;
 use crate::registry::ReadGuard;
-use crate::{census, permanent, state};
+use crate::{census, loaded, permanent, state};
 use core::mem::size_of;
 
 /// Whether a thread holding `value` can refer only to permanent memory.
@@ -27,17 +31,19 @@ fn permanent_value(value: u64) -> bool {
     permanent::holds(start, cs.post_commit_offset as usize) && abort >= 4 && permanent::holds(abort - 4, 4)
 }
 
-/// Whether no thread's `rseq_cs` can refer to memory outside `permanent` (see the module).
-pub fn only_permanent_referred() -> bool {
+/// Whether no thread's `rseq_cs` can refer to memory other than permanent memory and objects
+/// that `stays` (called with a loaded object's link map) says the close leaves loaded.
+pub fn only_lasting_memory_referred(stays: impl Fn(*const LinkMap) -> bool) -> bool {
     if state::none_reason().is_some() {
         return false; // areas rseqrt cannot see
     }
+    let lasts = |value: u64| permanent_value(value) || loaded::refers_only_within_object(value as usize, &stays);
     // The last value judged (most threads hold the same one), and whether every value so far
-    // referred only to permanent memory.
+    // referred only to lasting memory.
     let (mut last, mut ok) = (0u64, true);
     let mine = read_cs(state::current_area());
     if mine != 0 {
-        ok = permanent_value(mine);
+        ok = lasts(mine);
         last = mine;
     }
     let guard = ReadGuard::new();
@@ -48,7 +54,7 @@ pub fn only_permanent_referred() -> bool {
         }
         let value = read_cs(area);
         if value != 0 && value != last {
-            ok = permanent_value(value);
+            ok = lasts(value);
             last = value;
         }
     });
