@@ -46,6 +46,7 @@ extern "C" fn after_fork_child() {
     platform::after_fork();
     crate::sigshare::after_fork_child();
     crate::unmap::after_fork_child();
+    crate::loaded::after_fork_child();
     crate::libc_private::after_fork();
     registry::after_fork_child(registration::current_slot(), platform::gettid());
 }

@@ -16,10 +16,16 @@
 //! after each unload through rseqrt, entries of objects that `_dl_find_object()` no longer finds
 //! are dropped, so a later object at the same address is learnt anew.
 //!
-//! Not covered (README, "What the barrier reads"): an object unloaded by a `dlclose()` that
-//! bypasses rseqrt, or a program that unmaps an object's segments itself, while a barrier reads a
-//! descriptor there. Without rseqrt, a thread holding that descriptor would be killed at its next
-//! preemption; with it, the barrier's thread may fault first.
+//! An unload waits for readers at most [`UNLOAD_WAIT_NS`] (2 s): a reader that never leaves (a handler
+//! that interrupted it and `siglongjmp`ed away, a fork child of a thread that was reading) then
+//! turns the plain loads off for the rest of the process, which costs speed, not correctness.
+//!
+//! Not covered (README, "How the barrier works"): an object unloaded by a `dlclose()` that
+//! bypasses rseqrt (glibc's own closes of NSS and gconv modules, the cleanup of a failed
+//! `dlopen()`, a plain `dlclose()` where only `librseqrt.so` is linked), or whose segments the
+//! program unmaps itself, while a barrier reads a descriptor there: glibc unmaps an object before
+//! `_dl_find_object()` stops reporting it. Without rseqrt, a thread holding that descriptor would
+//! be killed at its next preemption; with it, the barrier's thread may fault first.
 //!
 //! [`read_descriptor`]: async-signal-safe, allocation-free, lock-free (glibc before 2.35: always
 //! `None`).
@@ -58,8 +64,8 @@ pub fn note() {
     FIND_OBJECT.store(f as usize, Relaxed);
 }
 
-/// The object containing `addr`: (link map, span start, span end).
-fn find_object(addr: usize) -> Option<(usize, usize, usize)> {
+/// The object containing `addr`.
+fn find_object(addr: usize) -> Option<Object> {
     let f = FIND_OBJECT.load(Relaxed);
     if f == 0 {
         return None;
@@ -73,7 +79,21 @@ fn find_object(addr: usize) -> Option<(usize, usize, usize)> {
     }
     // SAFETY: zero-initialised, then filled by glibc on success.
     let out = unsafe { out.assume_init() };
-    Some((out.link_map, out.map_start, out.map_end))
+    // An object glibc is removing can be reported with no link map and an empty span.
+    if out.link_map == 0 || out.map_start >= out.map_end {
+        return None;
+    }
+    Some(Object { map: out.link_map, start: out.map_start, stop: out.map_end, eh_frame: out.eh_frame })
+}
+
+/// A loaded object as `_dl_find_object()` reports it: its link map, its span, and its unwinding
+/// data (which tells apart two objects loaded one after the other at the same address).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Object {
+    map: usize,
+    start: usize,
+    stop: usize,
+    eh_frame: usize,
 }
 
 /// Reads the descriptor at `addr` if it lies in a readable segment of a loaded object; `None`
@@ -84,11 +104,8 @@ pub fn read_descriptor(addr: usize) -> Option<rseq_cs> {
         return None;
     }
     let _reader = Reader::enter()?;
-    let (map, start, stop) = find_object(addr)?;
-    if end > stop {
-        return None;
-    }
-    if !segments_hold(map, start, stop, addr, end) {
+    let object = find_object(addr)?;
+    if end > object.stop || !segments_hold(&object, addr, end) {
         return None;
     }
     // SAFETY: the range lies inside a readable segment of an object loaded when
@@ -106,15 +123,16 @@ pub fn refers_only_within_object(addr: usize, stays: impl FnOnce(*const LinkMap)
         return false;
     }
     let Some(_reader) = Reader::enter() else { return false };
-    let Some((map, start, stop)) = find_object(addr) else { return false };
-    if end > stop || !segments_hold(map, start, stop, addr, end) {
+    let Some(object) = find_object(addr) else { return false };
+    if end > object.stop || !segments_hold(&object, addr, end) {
         return false;
     }
+    let (start, stop) = (object.start, object.stop);
     // SAFETY: as in `read_descriptor`.
     let cs = unsafe { core::ptr::read_unaligned(addr as *const rseq_cs) };
     let lasts = |a: usize, len: usize| (start <= a && a.saturating_add(len) <= stop) || crate::permanent::holds(a, len);
     let abort = cs.abort_ip as usize;
-    lasts(cs.start_ip as usize, cs.post_commit_offset as usize) && abort >= 4 && lasts(abort - 4, 4) && stays(map as *const LinkMap)
+    lasts(cs.start_ip as usize, cs.post_commit_offset as usize) && abort >= 4 && lasts(abort - 4, 4) && stays(object.map as *const LinkMap)
 }
 
 /// The reader side of the unload lock.
@@ -143,15 +161,33 @@ impl Drop for Reader {
 /// with a plain load meanwhile. Nested and concurrent guards are fine (a count).
 pub struct UnloadGuard;
 
+/// How long an unload waits for readers before it turns the plain loads off (see the module). A
+/// reader is a few loads long, but its thread may wait for a CPU: on an overloaded machine that
+/// can take a while, so this is long.
+const UNLOAD_WAIT_NS: u64 = 2_000_000_000;
+
 impl UnloadGuard {
     pub fn new() -> UnloadGuard {
         UNLOADS.fetch_add(1, SeqCst);
         // Readers are a few loads long and never wait: yield until those in flight are out.
+        let mut give_up = None;
         while READERS.load(SeqCst) != 0 {
+            let now = platform::monotonic_ns();
+            if now >= *give_up.get_or_insert(now + UNLOAD_WAIT_NS) {
+                turn_off();
+                break;
+            }
             platform::sched_yield();
         }
         UnloadGuard
     }
+}
+
+/// No more plain loads in this process: later readers find no `_dl_find_object`. Called when a
+/// reader has stayed in for [`UNLOAD_WAIT_NS`], which is taken to mean that it left without
+/// saying so (see the module).
+fn turn_off() {
+    FIND_OBJECT.store(0, SeqCst);
 }
 
 impl Drop for UnloadGuard {
@@ -164,14 +200,19 @@ impl Drop for UnloadGuard {
 /// Objects whose readable segments are known.
 const OBJECTS: usize = 16;
 const SEGMENTS: usize = 6;
+/// Objects with more program headers than this are not learnt (their descriptors are read with
+/// `process_vm_readv`).
+const MAX_PHDRS: usize = 16;
 
-/// One object's readable `PT_LOAD` segments; `map` 0 when unused. `seq` is even when stable and
-/// odd while written, and only grows: readers copy an entry and check that `seq` did not change.
+/// One object's readable `PT_LOAD` segments (none: its layout could not be learnt, which is
+/// remembered too); `map` 0 when unused. `seq` is even when stable and odd while written, and
+/// only grows: readers copy an entry and check that `seq` did not change.
 struct Known {
     seq: AtomicU64,
     map: AtomicUsize,
     start: AtomicUsize,
     stop: AtomicUsize,
+    eh_frame: AtomicUsize,
     segs: [(AtomicUsize, AtomicUsize); SEGMENTS],
 }
 
@@ -180,112 +221,142 @@ const UNUSED: Known = Known {
     map: AtomicUsize::new(0),
     start: AtomicUsize::new(0),
     stop: AtomicUsize::new(0),
+    eh_frame: AtomicUsize::new(0),
     segs: [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; SEGMENTS],
 };
 
 static KNOWN: [Known; OBJECTS] = [UNUSED; OBJECTS];
-/// Writers take this (try-lock from a barrier, spinning only in [`forget_unloaded`]).
+/// Taken by a writer of [`KNOWN`]: a try-lock for readers learning an object, a bounded wait for
+/// [`forget_unloaded`].
 static WRITING: AtomicUsize = AtomicUsize::new(0);
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
-/// Whether `[addr, end)` lies inside one readable segment of the object (learning them if new).
-fn segments_hold(map: usize, start: usize, stop: usize, addr: usize, end: usize) -> bool {
+/// Whether `[addr, end)` lies inside one readable segment of `object` (learning them if new).
+/// Called by readers only, so no unload runs meanwhile.
+fn segments_hold(object: &Object, addr: usize, end: usize) -> bool {
+    let inside = |(a, b): (usize, usize)| a < b && a <= addr && end <= b;
     for k in &KNOWN {
         let s1 = k.seq.load(Acquire);
-        if s1 % 2 == 1 || k.map.load(Relaxed) != map {
+        if s1 % 2 == 1 || k.map.load(Relaxed) != object.map {
             continue;
         }
-        let same = k.start.load(Relaxed) == start && k.stop.load(Relaxed) == stop;
-        let inside = k.segs.iter().any(|(a, b)| a.load(Relaxed) <= addr && end <= b.load(Relaxed));
+        let same = k.start.load(Relaxed) == object.start && k.stop.load(Relaxed) == object.stop && k.eh_frame.load(Relaxed) == object.eh_frame;
+        let held = k.segs.iter().any(|(a, b)| inside((a.load(Relaxed), b.load(Relaxed))));
         fence(Acquire);
         if k.seq.load(Relaxed) == s1 && same {
-            return inside;
+            return held;
         }
     }
-    let Some(segs) = learn(start, stop) else { return false };
-    let inside = segs.iter().any(|&(a, b)| a <= addr && end <= b);
-    remember(map, start, stop, &segs);
-    inside
+    let segs = learn(object.start, object.stop).unwrap_or([(0, 0); SEGMENTS]);
+    remember(object, &segs);
+    segs.iter().any(|&s| inside(s))
 }
 
 /// The readable segments of the object spanning `[start, stop)`, from its program headers (read
-/// with `process_vm_readv`). Only for the usual layout, the ELF header at the span's start (first
-/// `PT_LOAD` at file offset and address 0); `None` otherwise.
+/// with `process_vm_readv`: two system calls, once per object). Only for the usual layout: the
+/// first `PT_LOAD` at file offset and address 0 (so the ELF header is at the span's start) with
+/// the program headers in its file image; `None` otherwise.
 fn learn(start: usize, stop: usize) -> Option<[(usize, usize); SEGMENTS]> {
-    let ehdr: libc::Elf64_Ehdr = read_remote(start)?;
-    if ehdr.e_ident[..4] != *b"\x7fELF" || ehdr.e_phentsize as usize != size_of::<libc::Elf64_Phdr>() {
+    const PHDR: usize = size_of::<libc::Elf64_Phdr>();
+    let mut ehdr = MaybeUninit::<libc::Elf64_Ehdr>::zeroed();
+    read_remote(ehdr.as_mut_ptr().cast(), start, size_of::<libc::Elf64_Ehdr>())?;
+    // SAFETY: zero-initialised and filled; every bit pattern is a valid ELF header.
+    let ehdr = unsafe { ehdr.assume_init() };
+    let (phoff, phnum) = (ehdr.e_phoff as usize, ehdr.e_phnum as usize);
+    if ehdr.e_ident[..4] != *b"\x7fELF" || ehdr.e_phentsize as usize != PHDR || phnum > MAX_PHDRS {
         return None;
     }
+    let mut phdrs = MaybeUninit::<[libc::Elf64_Phdr; MAX_PHDRS]>::zeroed();
+    read_remote(phdrs.as_mut_ptr().cast(), start.checked_add(phoff)?, phnum * PHDR)?;
+    // SAFETY: zero-initialised, the first `phnum` filled; every bit pattern is valid.
+    let phdrs = unsafe { phdrs.assume_init() };
+    let mut loads = phdrs[..phnum].iter().filter(|ph| ph.p_type == libc::PT_LOAD);
+    let first = loads.clone().next()?;
+    if first.p_offset != 0 || first.p_vaddr != 0 || phoff.checked_add(phnum * PHDR)? > first.p_filesz as usize {
+        return None; // the header, or the program headers, are not where this reads them
+    }
     let mut segs = [(0usize, 0usize); SEGMENTS];
-    let (mut n, mut first) = (0, true);
-    for i in 0..ehdr.e_phnum as usize {
-        let ph: libc::Elf64_Phdr = read_remote(start.checked_add(ehdr.e_phoff as usize + i * size_of::<libc::Elf64_Phdr>())?)?;
-        if ph.p_type != libc::PT_LOAD {
-            continue;
-        }
-        if first && (ph.p_offset != 0 || ph.p_vaddr != 0) {
-            return None; // the header is not at the span's start: the load address is unknown
-        }
-        first = false;
-        let (a, b) = (start + ph.p_vaddr as usize, start + (ph.p_vaddr + ph.p_memsz) as usize);
-        if ph.p_flags & libc::PF_R == 0 || b > stop {
-            continue;
-        }
+    let mut n = 0;
+    for ph in loads.by_ref().filter(|ph| ph.p_flags & libc::PF_R != 0) {
+        let a = start.checked_add(ph.p_vaddr as usize)?;
+        let b = a.checked_add(ph.p_memsz as usize)?.min(stop);
         *segs.get_mut(n)? = (a, b);
         n += 1;
     }
     Some(segs)
 }
 
-/// A `T` read from `addr` with `process_vm_readv`.
-fn read_remote<T: Copy>(addr: usize) -> Option<T> {
-    let mut v = MaybeUninit::<T>::uninit();
-    // SAFETY: `v` is a live local of `size_of::<T>()` bytes.
-    match unsafe { platform::read_own_memory(v.as_mut_ptr().cast(), addr, size_of::<T>()) } {
-        // SAFETY: the kernel filled every byte; `T` is plain data (ELF headers).
-        Ok(n) if n == size_of::<T>() => Some(unsafe { v.assume_init() }),
+/// Reads `len` bytes at `addr` into `dst` with `process_vm_readv`; `None` unless all were read.
+fn read_remote(dst: *mut u8, addr: usize, len: usize) -> Option<()> {
+    // SAFETY: callers pass a live local buffer of at least `len` bytes.
+    match unsafe { platform::read_own_memory(dst, addr, len) } {
+        Ok(n) if n == len => Some(()),
         _ => None,
     }
 }
 
-/// Records an object's segments; skipped when another writer is at work (the next barrier learns
-/// them again).
-fn remember(map: usize, start: usize, stop: usize, segs: &[(usize, usize); SEGMENTS]) {
-    if WRITING.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
-        return;
-    }
-    let k = &KNOWN[NEXT.fetch_add(1, Relaxed) % OBJECTS];
-    let s = k.seq.load(Relaxed);
-    k.seq.store(s + 1, Relaxed);
+/// Writes one entry of [`KNOWN`]; the caller holds [`WRITING`].
+fn write_entry(k: &Known, object: Option<&Object>, segs: &[(usize, usize); SEGMENTS]) {
+    // Odd while written, whatever a writer that never finished left (a fork child's).
+    let odd = k.seq.load(Relaxed) | 1;
+    k.seq.store(odd, Relaxed);
     fence(Release);
-    k.map.store(map, Relaxed);
-    k.start.store(start, Relaxed);
-    k.stop.store(stop, Relaxed);
+    let o = object.copied().unwrap_or(Object { map: 0, start: 0, stop: 0, eh_frame: 0 });
+    k.map.store(o.map, Relaxed);
+    k.start.store(o.start, Relaxed);
+    k.stop.store(o.stop, Relaxed);
+    k.eh_frame.store(o.eh_frame, Relaxed);
     for ((a, b), &(x, y)) in k.segs.iter().zip(segs) {
         a.store(x, Relaxed);
         b.store(y, Relaxed);
     }
-    k.seq.store(s + 2, Release);
+    k.seq.store(odd + 1, Release);
+}
+
+/// Records an object's segments; skipped when another writer is at work (the next barrier learns
+/// them again).
+fn remember(object: &Object, segs: &[(usize, usize); SEGMENTS]) {
+    if WRITING.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+        return;
+    }
+    write_entry(&KNOWN[NEXT.fetch_add(1, Relaxed) % OBJECTS], Some(object), segs);
     WRITING.store(0, Release);
 }
 
-/// Drops the entries of objects that are gone (after a `dlclose()` through rseqrt).
+/// Drops the entries of objects that are gone (after a `dlclose()` through rseqrt, while no
+/// reader is in).
 fn forget_unloaded() {
     if FIND_OBJECT.load(Relaxed) == 0 {
         return;
     }
+    // Writers are readers, and none is in: only a writer that never finished (a fork child's) or
+    // a concurrent unload can hold it. The latter is short; the former turns the plain loads off.
+    let mut give_up = None;
     while WRITING.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+        let now = platform::monotonic_ns();
+        if now >= *give_up.get_or_insert(now + UNLOAD_WAIT_NS) {
+            turn_off();
+            return;
+        }
         platform::sched_yield();
     }
     for k in &KNOWN {
-        let (map, start, stop) = (k.map.load(Relaxed), k.start.load(Relaxed), k.stop.load(Relaxed));
-        if map != 0 && find_object(start) != Some((map, start, stop)) {
-            let s = k.seq.load(Relaxed);
-            k.seq.store(s + 1, Relaxed);
-            fence(Release);
-            k.map.store(0, Relaxed);
-            k.seq.store(s + 2, Release);
+        let o = Object { map: k.map.load(Relaxed), start: k.start.load(Relaxed), stop: k.stop.load(Relaxed), eh_frame: k.eh_frame.load(Relaxed) };
+        if o.map != 0 && find_object(o.start) != Some(o) {
+            write_entry(k, None, &[(0, 0); SEGMENTS]);
         }
+    }
+    WRITING.store(0, Release);
+}
+
+/// In a `fork()` child only the forking thread exists: readers, unloads and writers of other
+/// threads never finish there. (A `_Fork()` child runs no handler: the bounded waits above turn
+/// the plain loads off instead.)
+pub fn after_fork_child() {
+    READERS.store(0, Relaxed);
+    UNLOADS.store(0, Relaxed);
+    for k in &KNOWN {
+        write_entry(k, None, &[(0, 0); SEGMENTS]);
     }
     WRITING.store(0, Release);
 }

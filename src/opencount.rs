@@ -16,10 +16,11 @@
 //! every object loaded after startup stays one that may be unmapped, as before.
 //!
 //! [`calibrate`] calls the loader (not from a signal handler, not under the loader's lock);
-//! [`open_handles`]: loads only, inside a `dl_iterate_phdr()` callback, whose lock keeps the map
-//! listed. glibc changes the count under another lock (`dl_load_lock`), so the value can change
-//! right after it is read: `unmap::CloseLock` keeps other closes through rseqrt from changing it
-//! before the close that read it has finished.
+//! [`open_handles`]: loads only, inside a `dl_iterate_phdr()` callback (whose `dl_load_write_lock`
+//! keeps the map listed) or while rseqrt's unloads wait (`loaded`). glibc changes the count under
+//! another lock (`dl_load_lock`), so the value can change right after it is read:
+//! `unmap::CloseLock` keeps other closes through rseqrt from changing it before the close that
+//! read it has finished.
 
 use crate::elf::LinkMap;
 use core::sync::atomic::{AtomicUsize, Ordering::{AcqRel, Acquire, Release}};

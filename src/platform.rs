@@ -180,11 +180,13 @@ pub unsafe fn munmap(addr: *mut u8, len: usize) -> SysResult<()> {
     unsafe { sys!(libc::SYS_munmap, addr, len) }.map(drop)
 }
 
-/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds (a system call, not the vDSO: safe anywhere).
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds: the C library's, which reads the vDSO (no
+/// system call; the barrier's wait loop reads the clock several times). Async-signal-safe (POSIX
+/// lists `clock_gettime`); only barriers and `rseqrt_dlclose()` call it, long after relocation.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a live local.
-    let _ = unsafe { sys!(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts as *mut libc::timespec) };
+    let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

@@ -12,8 +12,8 @@
 //! `PT_LOAD` segments. More than `MAX_OBJECTS`: the barrier covers every `rseq_cs`.
 //!
 //! The link maps are read inside a `dl_iterate_phdr()` callback, which holds the dynamic
-//! linker's write lock (glibc unlinks and unmaps objects under it), so no other thread's
-//! `dlclose()` can free one while it is read.
+//! linker's write lock (`dl_load_write_lock`: glibc unlinks and unmaps objects under it), so no
+//! other thread's `dlclose()` can free one while it is read.
 
 use crate::barrier::{self, Range};
 use crate::elf::{LinkMap, DT_NEEDED, DT_SONAME, DT_STRTAB};
@@ -216,19 +216,26 @@ unsafe fn candidates(handle: *const LinkMap, trust_open_counts: bool) -> Result<
 /// object as it is unmapped. So the caller's area is unregistered around the call (its
 /// critical sections then take their fallback paths) and registered again after.
 pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
-    crate::opencount::calibrate();
-    // Held until the real dlclose() has returned: the open counts read below stay true.
-    let closing = CloseLock::acquire();
-    let trust_open_counts = closing.held;
-    // A dlclose() never unmaps the objects loaded at startup, nor one that keeps an open handle
-    // after this close: when no thread refers to anything else, neither the walk nor the barrier
-    // is needed.
-    let handle_map = handle as *const LinkMap;
-    let stays = |m: *const LinkMap| {
-        // SAFETY: `quick` calls this with a loaded object's map while rseqrt's unloads wait.
-        trust_open_counts && unsafe { crate::opencount::open_handles(m) }.is_some_and(|n| n > u32::from(m == handle_map))
-    };
-    if !barrier::only_lasting_memory_referred(stays) {
+    // A dlclose() never unmaps the objects loaded at startup, nor another object that keeps an
+    // open handle: when no thread refers to anything else, neither the walk nor the barrier is
+    // needed. The first check needs no lock; the second reads open counts, which stay true only
+    // while this close holds its turn (`CloseLock`, until the real dlclose() has returned).
+    let mut _closing = None;
+    if !barrier::only_lasting_memory_referred(None) {
+        crate::opencount::calibrate();
+        let lock = CloseLock::acquire();
+        let trust_open_counts = lock.held;
+        _closing = Some(lock);
+        let handle_map = handle as *const LinkMap;
+        let stays = |m: *const LinkMap| {
+            // The handle's own object is left to the walk: glibc raises its count early in a
+            // dlopen() of it that may still fail and lower it again.
+            // SAFETY: `quick` calls this with a loaded object's map while rseqrt's unloads wait.
+            trust_open_counts && m != handle_map && unsafe { crate::opencount::open_handles(m) }.is_some_and(|n| n > 0)
+        };
+        if barrier::only_lasting_memory_referred(Some(&stays)) {
+            return real_dlclose(handle);
+        }
         let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
         match dlclose_ranges(handle, &mut ranges, trust_open_counts) {
             Unmaps::Objects { certain, possible } => {
@@ -238,13 +245,18 @@ pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
             Unmaps::Nothing => {}
         }
     }
+    real_dlclose(handle)
+}
+
+/// The C library's `dlclose()`, with the caller's area unregistered (see [`dlclose`]) and
+/// rseqrt's plain reads of loaded objects held back (`loaded`).
+fn real_dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
     let next = crate::real::DLCLOSE.get();
     if next == 0 {
         return Err(Errno(libc::ENOSYS));
     }
     // SAFETY: the C library's dlclose has this signature.
     let f: unsafe extern "C" fn(*mut c_void) -> libc::c_int = unsafe { core::mem::transmute(next) };
-    // Barriers read descriptors in loaded objects with plain loads, except while this runs.
     let _unloading = crate::loaded::UnloadGuard::new();
     // SAFETY: the C library's dlclose, called with the caller's handle.
     Ok(crate::registration::with_own_area_unregistered(|| unsafe { f(handle) }))

@@ -292,6 +292,8 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
                 }
             }
         }
+        // Counted before sending: a handler may run before the first look below.
+        let (mut settled_handled, mut skipped) = (signal::handled(), 0);
         for s in pending[..left].iter().filter(|_| sig != 0) {
             // ESRCH: the thread is gone (it cleared its own field on the way out, or never runs again).
             let _ = signal::request(pid, s.tid, None);
@@ -302,7 +304,6 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             escalate_at = escalate_at.max(resend_at + ESCALATE_NS - RESEND_NS);
         }
         sent = true;
-        let (mut settled_handled, mut skipped) = (signal::handled(), 0);
         loop {
             // Look at every pending field again only when enough handlers have run to clear
             // them all, or every few yields: polling thousands of fields would take the CPU the

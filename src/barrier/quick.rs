@@ -31,13 +31,15 @@ fn permanent_value(value: u64) -> bool {
     permanent::holds(start, cs.post_commit_offset as usize) && abort >= 4 && permanent::holds(abort - 4, 4)
 }
 
-/// Whether no thread's `rseq_cs` can refer to memory other than permanent memory and objects
-/// that `stays` (called with a loaded object's link map) says the close leaves loaded.
-pub fn only_lasting_memory_referred(stays: impl Fn(*const LinkMap) -> bool) -> bool {
+/// Whether no thread's `rseq_cs` can refer to memory other than permanent memory and, given
+/// `stays`, objects that it (called with a loaded object's link map) says the close leaves loaded.
+pub fn only_lasting_memory_referred(stays: Option<&dyn Fn(*const LinkMap) -> bool>) -> bool {
     if state::none_reason().is_some() {
         return false; // areas rseqrt cannot see
     }
-    let lasts = |value: u64| permanent_value(value) || loaded::refers_only_within_object(value as usize, &stays);
+    let lasts = |value: u64| {
+        permanent_value(value) || stays.is_some_and(|stays| loaded::refers_only_within_object(value as usize, stays))
+    };
     // The last value judged (most threads hold the same one), and whether every value so far
     // referred only to lasting memory.
     let (mut last, mut ok) = (0u64, true);
