@@ -12,13 +12,14 @@
 //!
 //! The load is only made inside a readable `PT_LOAD` segment of the object (an object's span can
 //! hold `PROT_NONE` gaps), learnt once per object from its program headers, themselves read with
-//! `process_vm_readv`, and kept in [`KNOWN`]. An entry is keyed by the object's link map and span;
-//! after each unload through rseqrt, entries of objects that `_dl_find_object()` no longer finds
-//! are dropped, so a later object at the same address is learnt anew.
+//! `process_vm_readv`, and kept in [`KNOWN`]. An entry is keyed by what `_dl_find_object()`
+//! reports: the link map, the span and the unwinding data. An object loaded later at the same
+//! address with the same link map address matches only if its span and its unwinding data sit at
+//! the same places too, that is, with the same layout (a reload of the same file).
 //!
-//! An unload waits for readers at most [`UNLOAD_WAIT_NS`] (2 s): a reader that never leaves (a handler
-//! that interrupted it and `siglongjmp`ed away, a fork child of a thread that was reading) then
-//! turns the plain loads off for the rest of the process, which costs speed, not correctness.
+//! An unload waits for readers at most [`UNLOAD_WAIT_NS`] (2 s): a reader that never leaves (a
+//! handler that interrupted it and `siglongjmp`ed away, a fork child of a thread that was
+//! reading) then turns the plain loads off for the rest of the process, which costs speed only.
 //!
 //! Not covered (README, "How the barrier works"): an object unloaded by a `dlclose()` that
 //! bypasses rseqrt (glibc's own closes of NSS and gconv modules, the cleanup of a failed
@@ -192,7 +193,6 @@ fn turn_off() {
 
 impl Drop for UnloadGuard {
     fn drop(&mut self) {
-        forget_unloaded();
         UNLOADS.fetch_sub(1, SeqCst);
     }
 }
@@ -226,8 +226,7 @@ const UNUSED: Known = Known {
 };
 
 static KNOWN: [Known; OBJECTS] = [UNUSED; OBJECTS];
-/// Taken by a writer of [`KNOWN`]: a try-lock for readers learning an object, a bounded wait for
-/// [`forget_unloaded`].
+/// Taken by a writer of [`KNOWN`] (a reader learning an object): a try-lock.
 static WRITING: AtomicUsize = AtomicUsize::new(0);
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -323,35 +322,9 @@ fn remember(object: &Object, segs: &[(usize, usize); SEGMENTS]) {
     WRITING.store(0, Release);
 }
 
-/// Drops the entries of objects that are gone (after a `dlclose()` through rseqrt, while no
-/// reader is in).
-fn forget_unloaded() {
-    if FIND_OBJECT.load(Relaxed) == 0 {
-        return;
-    }
-    // Writers are readers, and none is in: only a writer that never finished (a fork child's) or
-    // a concurrent unload can hold it. The latter is short; the former turns the plain loads off.
-    let mut give_up = None;
-    while WRITING.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
-        let now = platform::monotonic_ns();
-        if now >= *give_up.get_or_insert(now + UNLOAD_WAIT_NS) {
-            turn_off();
-            return;
-        }
-        platform::sched_yield();
-    }
-    for k in &KNOWN {
-        let o = Object { map: k.map.load(Relaxed), start: k.start.load(Relaxed), stop: k.stop.load(Relaxed), eh_frame: k.eh_frame.load(Relaxed) };
-        if o.map != 0 && find_object(o.start) != Some(o) {
-            write_entry(k, None, &[(0, 0); SEGMENTS]);
-        }
-    }
-    WRITING.store(0, Release);
-}
-
 /// In a `fork()` child only the forking thread exists: readers, unloads and writers of other
-/// threads never finish there. (A `_Fork()` child runs no handler: the bounded waits above turn
-/// the plain loads off instead.)
+/// threads never finish there. (A `_Fork()` child runs no handler: there the bounded wait of
+/// [`UnloadGuard`] turns the plain loads off instead, and an entry left odd is never used.)
 pub fn after_fork_child() {
     READERS.store(0, Relaxed);
     UNLOADS.store(0, Relaxed);
