@@ -1,4 +1,4 @@
-/* census_probe.h: observe rseqrt's unknown-thread check from outside (shared by barrier_cases.c
+/* census_probe.h: observe rseqrt's unknown-thread check from outside (shared by unknown_cases.c
  * and waves.c). rseqrt counts the process's threads with an fstat() of /proc/self/task only when
  * glibc's thread count exceeds the registry's count of the threads it knows; a seccomp filter
  * on the calling thread traps fstat (SIGSYS, answered with ENOSYS, counted). So barriers that

@@ -72,7 +72,7 @@ static char *shm_pages(size_t n)
 
 /* ------------------------------------------------------------ failsafe */
 
-/* The unreachable thread (as barrier_cases.c's "unreachable"): every barrier over raw_desc fails. */
+/* The unreachable thread (as unknown_cases.c's "unreachable"): every barrier over raw_desc fails. */
 #include "raw_stale.h"
 
 /* Calls CALL (which returns 0 or -1 with errno) and checks that it returns 0 at once. */

@@ -1,11 +1,12 @@
-/* test_common.h: shared by the scenario programs barrier_cases.c and regress_cases.c (one
- * scenario per run: PROGRAM SCENARIO rseqrt|plain [ARGS...]).
+/* test_common.h: shared by the scenario programs barrier_cases.c (with lifecycle_cases.c,
+ * unknown_cases.c, sigmask_cases.c) and regress_cases.c (one scenario per run: PROGRAM
+ * SCENARIO rseqrt|plain [ARGS...]).
  *
  * The program's state (counters for critical sections, the page size, the METHOD and the
  * scenario's name), failing and checking (one line per check; the first failure ends the
  * process with exit 1, a setup problem with die()'s code), time, the scheduler and signal
- * state of this process's threads (/proc/self/task), pages holding a descriptor, and
- * cases_start(), the start of main().
+ * state of this process's threads (/proc/self/task), pages holding a descriptor,
+ * cases_start(), the start of main(), and cases_main(), a whole main() over a table of scenarios.
  *
  * The including file defines _GNU_SOURCE first. */
 #ifndef TEST_COMMON_H
@@ -207,6 +208,36 @@ static inline void cases_start(int argc, char **argv, const char *args_usage)
     use_rseqrt = !strcmp(argv[2], "rseqrt");
     printf("%s %s: rseqrt_owner=%d signal=%d main cpu_id=%d\n", argv[1], argv[2], rseqrt_owner(), rseqrt_signal(),
            (int32_t)rseq_cs_area()->cpu_id);
+}
+
+/* SCENARIO -> its function: run() takes nothing; run_arg() takes ARG (NULL when absent,
+ * unless arg_required: then a run without ARG is an unknown scenario). */
+struct scenario {
+    const char *name;
+    void (*run)(void);
+    void (*run_arg)(const char *arg);
+    int arg_required;
+};
+
+/* main() of a program taking SCENARIO rseqrt|plain [ARG]: cases_start(), then the scenario
+ * named in the table of N; exit 2 for an unknown one. */
+static inline int cases_main(int argc, char **argv, const struct scenario *scenarios, size_t n)
+{
+    cases_start(argc, argv, "[ARG]");
+    const char *arg = argc > 3 ? argv[3] : NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct scenario *sc = &scenarios[i];
+        if (strcmp(scenario, sc->name) || (sc->arg_required && !arg))
+            continue;
+        if (sc->run)
+            sc->run();
+        else
+            sc->run_arg(arg);
+        fflush(stdout);
+        return 0;
+    }
+    fprintf(stderr, "unknown scenario %s\n", scenario);
+    return 2;
 }
 
 #endif

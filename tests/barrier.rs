@@ -1,9 +1,10 @@
 //! Behaviour tests for the rseq-clear barrier in the hard cases (README, "Documented behaviour
 //! in the hard cases", and the guarantees around it).
 //!
-//! Each scenario is a C program run in its own child process (`c-abi-tests/barrier_cases.c`,
-//! `barrier_preload.c`, under `seccomp_exec.c membarrier ENOSYS|EPERM` for the runs without
-//! membarrier), in both owner modes: glibc registers (`glibc-owner`) and `GLIBC_TUNABLES=glibc.pthread.rseq=0`
+//! Each scenario is a C program run in its own child process (`c-abi-tests/barrier_cases.c` and
+//! its siblings `lifecycle_cases.c`, `unknown_cases.c`, `sigmask_cases.c`; `barrier_preload.c`;
+//! under `seccomp_exec.c membarrier ENOSYS|EPERM` for the runs without membarrier), in both
+//! owner modes: glibc registers (`glibc-owner`) and `GLIBC_TUNABLES=glibc.pthread.rseq=0`
 //! (rseqrt registers, `rseq=0`). Where it makes sense the scenario first runs with the plain
 //! call and no barrier (`plain`), which the kernel must kill with SIGSEGV: that shows the
 //! scenario really leaves a stale `rseq_cs` behind, so the `rseqrt` row can fail.
@@ -14,7 +15,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -25,7 +26,14 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Programs {
     stage: &'static Stage,
+    /// barrier_cases.c: barriers at once, in a signal handler, under a lock, bad input, mixed, clear_all.
     cases: PathBuf,
+    /// lifecycle_cases.c: threads exiting, fork, pthread_exit and cancel.
+    lifecycle: PathBuf,
+    /// unknown_cases.c: threads the barrier's ordinary means do not reach.
+    unknown: PathBuf,
+    /// sigmask_cases.c: the signal interposers.
+    sigmask: PathBuf,
     preload_prog: PathBuf,
     seccomp: PathBuf,
     plugin: PathBuf,
@@ -43,12 +51,18 @@ fn programs() -> &'static Programs {
         let stage = stage();
         let (cflags, libs) = stage.rseqrt_flags();
         let src = c_test_source;
-        let cases = compile(
-            &CompileSpec::new("barrier_cases", &[src("barrier_cases.c")])
-                .cflags(&cflags)
-                .libs(&libs)
-                .libs(&["-pthread", "-ldl"]),
-        );
+        let cases_program = |name: &str| {
+            compile(
+                &CompileSpec::new(name, &[src(&format!("{name}.c"))])
+                    .cflags(&cflags)
+                    .libs(&libs)
+                    .libs(&["-pthread", "-ldl"]),
+            )
+        };
+        let cases = cases_program("barrier_cases");
+        let lifecycle = cases_program("lifecycle_cases");
+        let unknown = cases_program("unknown_cases");
+        let sigmask = cases_program("sigmask_cases");
         let preload_prog = compile(
             &CompileSpec::new("barrier_preload", &[src("barrier_preload.c")]).libs(&["-pthread", "-ldl"]),
         );
@@ -61,7 +75,8 @@ fn programs() -> &'static Programs {
         );
         let discard = compile_linked("discard_cases", "discard_cases.c");
         let scan = compile_linked("scan_cases", "scan_cases.c");
-        Programs { stage, cases, preload_prog, seccomp: seccomp_exec(), plugin, plugin_clone, discard, scan }
+        let seccomp = seccomp_exec();
+        Programs { stage, cases, lifecycle, unknown, sigmask, preload_prog, seccomp, plugin, plugin_clone, discard, scan }
     })
 }
 
@@ -70,7 +85,7 @@ fn suite() -> Suite {
     Suite { stage: programs().stage, timeout: CHILD_TIMEOUT }
 }
 
-/// The plain row and the rseqrt row of a `barrier_cases` scenario, in both owner modes.
+/// The plain row and the rseqrt row of a cases program's scenario, in both owner modes.
 fn both(scenario: &'static str) -> Case {
     case(scenario, &[])
 }
@@ -80,10 +95,10 @@ fn rseqrt(scenario: &'static str) -> Case {
     case(scenario, &[]).rseqrt_only()
 }
 
-/// Runs the `barrier_cases` cases (each in both owner modes; the rseqrt row must report the
+/// Runs a cases program's cases (each in both owner modes; the rseqrt row must report the
 /// mode's owner) and fails the test if any of them failed.
-fn run_cases(what: &str, cases: &[Case]) {
-    suite().run_cases(what, &programs().cases, cases);
+fn run_cases(what: &str, program: &Path, cases: &[Case]) {
+    suite().run_cases(what, program, cases);
 }
 
 /// 1. Several threads run rseqrt_munmap/rseqrt_clear/rseqrt_clear_all on different ranges
@@ -91,7 +106,7 @@ fn run_cases(what: &str, cases: &[Case]) {
 /// returns 0 and no stale thread's rseq_cs refers to a freed page afterwards.
 #[test]
 fn concurrent_barriers() {
-    run_cases("concurrent barriers", &[both("concurrent")]);
+    run_cases("concurrent barriers", &programs().cases, &[both("concurrent")]);
 }
 
 /// 2. Threads exit while a barrier runs: 8 threads with stale pointers exit while the
@@ -100,7 +115,7 @@ fn concurrent_barriers() {
 /// back to back. No crash, no deadlock, every barrier returns 0.
 #[test]
 fn threads_exiting_during_a_barrier() {
-    run_cases("threads exiting during a barrier", &[both("exiting"), rseqrt("exiting-churn")]);
+    run_cases("threads exiting during a barrier", &programs().lifecycle, &[both("exiting"), rseqrt("exiting-churn")]);
 }
 
 /// 3. One thread forks 20 times while another runs barriers continuously (over a thread
@@ -109,7 +124,7 @@ fn threads_exiting_during_a_barrier() {
 /// stale thread of its own, and exits 0. Plain: the child's munmap kills the child.
 #[test]
 fn fork_during_a_barrier() {
-    run_cases("fork during a barrier", &[both("fork")]);
+    run_cases("fork during a barrier", &programs().lifecycle, &[both("fork")]);
 }
 
 /// 4. A SIGUSR1 handler calls rseqrt_clear(RSEQRT_CLEAR_SIGNAL_SAFE): 0 when every thread is
@@ -119,7 +134,7 @@ fn fork_during_a_barrier() {
 /// reads the helper's area through glibc's thread list and needs no broadcast.
 #[test]
 fn barrier_from_a_signal_handler() {
-    run_cases("barrier from a signal handler", &[both("sighandler"), both("sighandler-timer")]);
+    run_cases("barrier from a signal handler", &programs().cases, &[both("sighandler"), both("sighandler-timer")]);
 }
 
 /// 5. The thread calling rseqrt_munmap holds a mutex standing for malloc's lock, three stale
@@ -128,7 +143,7 @@ fn barrier_from_a_signal_handler() {
 /// memalign interposers count zero calls during rseqrt_munmap (they count 3 of 3 on a probe).
 #[test]
 fn munmap_under_an_allocators_lock() {
-    run_cases("munmap under an allocator's lock", &[both("malloclock")]);
+    run_cases("munmap under an allocator's lock", &programs().cases, &[both("malloclock")]);
 }
 
 /// 6. Bad input: rseqrt_munmap gives munmap's -1 EINVAL (unaligned, length 0, overflow,
@@ -136,7 +151,7 @@ fn munmap_under_an_allocators_lock() {
 /// rseqrt_dlclose(bogus handle) returns what dlclose returns, with the same dlerror().
 #[test]
 fn bad_input_loses_nothing() {
-    run_cases("bad input", &[rseqrt("badinput")]);
+    run_cases("bad input", &programs().cases, &[rseqrt("badinput")]);
 }
 
 /// 7. A failed barrier frees nothing. The unreachable thread is a raw clone() thread (not in
@@ -150,6 +165,7 @@ fn bad_input_loses_nothing() {
 fn failed_barrier_frees_nothing() {
     run_cases(
         "failed barrier",
+        &programs().unknown,
         &[
             both("unreachable").env("RSEQRT_TIMEOUT_MS", "200"),
             both("rawmask"),
@@ -173,7 +189,7 @@ fn failed_barrier_frees_nothing() {
 #[test]
 fn thread_started_behind_rseqrts_back() {
     let glibc_owner = |c: Case| Case { plain_in: &[Mode::Glibc], modes: &[Mode::Glibc], ..c };
-    run_cases("thread started behind rseqrt's back", &[glibc_owner(both("bypass")), glibc_owner(both("namespace"))]);
+    run_cases("thread started behind rseqrt's back", &programs().unknown, &[glibc_owner(both("bypass")), glibc_owner(both("namespace"))]);
 }
 
 /// 7c. The unknown-thread check costs no system call when glibc's thread count shows every
@@ -183,7 +199,7 @@ fn thread_started_behind_rseqrts_back() {
 /// again; after a raw clone() thread has existed: each barrier tries one.
 #[test]
 fn unknown_thread_check_spares_the_system_call() {
-    run_cases("unknown-thread check", &[rseqrt("census")]);
+    run_cases("unknown-thread check", &programs().unknown, &[rseqrt("census")]);
 }
 
 /// 8. No membarrier: blocked, signal-blocking and spinning stale threads (descriptor in a
@@ -304,6 +320,7 @@ fn descriptors_in_dlopened_objects_cost_no_system_call() {
 fn signal_interposers() {
     run_cases(
         "signal interposers",
+        &programs().sigmask,
         &[
             case("sigmask", &["auto"]),
             case("sigmask", &["40"]).rseqrt_only().env("RSEQRT_SIGNAL", "40"),
@@ -332,7 +349,7 @@ fn preload_mremap_and_mmap_fixed() {
 /// plain munmap of the memory their descriptors were in is safe (without it: SIGSEGV).
 #[test]
 fn clear_all_then_plain_munmap() {
-    run_cases("clear_all", &[both("clearall")]);
+    run_cases("clear_all", &programs().cases, &[both("clearall")]);
 }
 
 /// 12. Threads started through rseqrt's pthread_create trampoline that end by returning,
@@ -344,6 +361,7 @@ fn clear_all_then_plain_munmap() {
 fn pthread_exit_and_cancel_through_the_trampoline() {
     run_cases(
         "pthread_exit / pthread_cancel",
+        &programs().lifecycle,
         &[
             case("exitcancel", &["return"]).rseqrt_only(),
             case("exitcancel", &["exit"]).rseqrt_only(),
