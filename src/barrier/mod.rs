@@ -14,11 +14,11 @@
 //!   SCAN ──none refer──────────────────────────────► POSSIBLE ──► UNKNOWN ─► DONE
 //!    │ suspects: threads whose rseq_cs refers to the memory            ▲
 //!    ▼                                                                 │
-//!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), one look ──all clear┤
-//!    │ still referring (blocked or preempted threads); skipped for    │
-//!    │ more than 16 suspects (most of them blocked)                    │
-//!    ▼                                                                 │
 //!   SIGNAL: reserved signal to each, wait (resend after 10 ms) ──all clear┤
+//!    │ none changed for 200 us (running threads that block the signal?)│
+//!    ▼                                                                 │
+//!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), once, for 16 ──all clear┤
+//!    │ suspects or fewer; then SIGNAL's wait goes on                   │
 //!    │ none changed for 20 ms (the rest block the signal)              │
 //!    ▼                                                                 │
 //!   BROADCAST: glibc's SIGSETXID to every glibc thread ────all clear───┘
@@ -71,7 +71,8 @@ pub const SIGNAL_SAFE: u32 = 1;
 /// Suspects collected on the stack; more are chased all at once from the barrier's scratch
 /// memory (`registry::Scratch`), or, if it cannot be mapped, in further rounds of this many.
 const BATCH: usize = 64;
-/// EXPEDITE only for this many suspects or fewer.
+/// EXPEDITE only for this many suspects or fewer (most of many are blocked, which membarrier
+/// does not reach).
 const EXPEDITE_MAX: usize = 16;
 /// While waiting for signalled threads: yield (no timer) until none has taken the signal for this
 /// long, then sleep in growing steps. A sleep is rounded up by the timer slack (50 us by
@@ -160,12 +161,7 @@ fn run(target: Target<'_>, possible: &[Range], flags: u32) -> Result<(), Errno> 
         if platform::monotonic_ns() >= deadline {
             return Err(Errno(libc::ETIMEDOUT)); // threads keep re-entering the memory's critical sections
         }
-        // Many suspects: most are blocked, which membarrier does not reach, and its spin costs
-        // more than signalling the few that run (a running thread takes a signal at once).
-        let left = if n > EXPEDITE_MAX { n } else { expedite(&mut pending[..n], &mut classify) };
-        if left > 0 {
-            signal_and_wait(&mut pending[..left], &mut classify, deadline, flags)?;
-        }
+        signal_and_wait(&mut pending[..n], &mut classify, deadline, flags)?;
     }
     if !possible.is_empty() {
         let me = state::current_area();
@@ -251,12 +247,14 @@ fn settle(pending: &mut [Suspect], classify: &mut Classifier<'_>) -> usize {
 }
 
 /// EXPEDITE: one membarrier interrupts every running suspect; one look collects those already
-/// cleared. No spin: a blocked suspect never clears by itself, and the signal that follows
-/// reaches a running one about as fast (measured, one blocked stale thread: a 10 us spin here
-/// made the barrier 2.6x the naive signal-and-acknowledge, 35 us against 13 us; without it
-/// 1.9-2.0x; with four threads 1.15x became 0.86x).
+/// cleared. Only once the signal has not reached some suspect for [`YIELD_NS`] (or when there
+/// is no signal to send): a running thread takes the signal at once, and membarrier waits for
+/// its interrupts, which costs a whole wake-up when a CPU has just gone idle (measured, one
+/// stale thread that has just gone to sleep: membarrier before the signal made the barrier
+/// 1.7-1.9x the naive signal-and-acknowledge, 21 us against 11-12 us; after, 1.00x). What is
+/// left is running threads that block the signal (glibc's helpers, raw-syscall masks).
 fn expedite(pending: &mut [Suspect], classify: &mut Classifier<'_>) -> usize {
-    if !expedite::interrupt_running_threads() {
+    if pending.len() > EXPEDITE_MAX || !expedite::interrupt_running_threads() {
         return pending.len();
     }
     settle(pending, classify)
@@ -275,6 +273,14 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
     // takes the signal shows the rest are being reached.
     let mut escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
     let (mut escalated, mut sent) = (false, false);
+    // No signal to send: EXPEDITE at once (see `expedite`).
+    let mut expedited = sig == 0;
+    if expedited {
+        left = expedite(&mut pending[..left], classify);
+        if left == 0 {
+            return Ok(());
+        }
+    }
     loop {
         if !escalated && platform::monotonic_ns() >= escalate_at {
             // BROADCAST: the remaining threads block the reserved signal (or there is none).
@@ -339,6 +345,12 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             }
             if now < yield_until {
                 platform::sched_yield();
+            } else if !expedited {
+                expedited = true;
+                left = expedite(&mut pending[..left], classify);
+                if left == 0 {
+                    return Ok(());
+                }
             } else {
                 platform::sleep_ns(pause_ns);
                 pause_ns = (pause_ns * 2).min(500_000);
