@@ -1,12 +1,13 @@
 /* test_common.h: shared by the scenario programs barrier_cases.c (with lifecycle_cases.c,
- * unknown_cases.c, sigmask_cases.c) and regress_cases.c (one scenario per run: PROGRAM
- * SCENARIO rseqrt|plain [ARGS...]).
+ * unknown_cases.c, sigmask_cases.c) and regress_cases.c (with regress_unload_cases.c,
+ * regress_sigmask_cases.c); one scenario per run: PROGRAM SCENARIO rseqrt|plain [ARGS...].
  *
  * The program's state (counters for critical sections, the page size, the METHOD and the
  * scenario's name), failing and checking (one line per check; the first failure ends the
  * process with exit 1, a setup problem with die()'s code), time, the scheduler and signal
  * state of this process's threads (/proc/self/task), pages holding a descriptor,
- * cases_start(), the start of main(), and cases_main(), a whole main() over a table of scenarios.
+ * cases_start(), the start of main(), and cases_main() and cases_main_args(), a whole main()
+ * over a table of scenarios.
  *
  * The including file defines _GNU_SOURCE first. */
 #ifndef TEST_COMMON_H
@@ -233,6 +234,28 @@ static inline int cases_main(int argc, char **argv, const struct scenario *scena
             sc->run();
         else
             sc->run_arg(arg);
+        fflush(stdout);
+        return 0;
+    }
+    fprintf(stderr, "unknown scenario %s\n", scenario);
+    return 2;
+}
+
+/* SCENARIO -> its function, which takes the ARGS after METHOD (argc 0 when there are none). */
+struct scenario_args {
+    const char *name;
+    void (*run)(int argc, char **argv);
+};
+
+/* main() of a program taking SCENARIO rseqrt|plain [ARGS...]: cases_start(), then the scenario
+ * named in the table of N; exit 2 for an unknown one. */
+static inline int cases_main_args(int argc, char **argv, const struct scenario_args *scenarios, size_t n)
+{
+    cases_start(argc, argv, "[ARGS...]");
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(scenario, scenarios[i].name))
+            continue;
+        scenarios[i].run(argc - 3, argv + 3);
         fflush(stdout);
         return 0;
     }

@@ -1,6 +1,7 @@
 //! Regression tests for the bugs a review found (each fixed in `src/`): one test per bug, each
-//! scenario a C program run in its own child process (`c-abi-tests/regress_cases.c`, linked with
-//! rseqrt; `regress_preload.c`, an unmodified program run under the preload shim), in both owner
+//! scenario a C program run in its own child process (`c-abi-tests/regress_cases.c` and its
+//! siblings `regress_unload_cases.c`, `regress_sigmask_cases.c`, linked with rseqrt;
+//! `regress_preload.c`, an unmodified program run under the preload shim), in both owner
 //! modes: glibc registers (`glibc-owner`) and `GLIBC_TUNABLES=glibc.pthread.rseq=0` (rseqrt
 //! registers, `rseq=0`). Where it proves that the scenario really leaves a stale `rseq_cs`
 //! behind, a `plain` row (munmap()/dlclose(), no barrier) must die by the kernel's SIGSEGV;
@@ -30,10 +31,14 @@ struct Programs {
     old_dlclose: PathBuf,
     /// examples/plugin.c.
     example_plugin: PathBuf,
-    /// regress_cases.c, linked with rseqrt.
+    /// regress_cases.c, linked with rseqrt: threads a barrier must reach or rseqrt must register.
     cases: PathBuf,
     /// The same, with libregress_early.so as a DT_NEEDED entry after rseqrt.
     cases_early: PathBuf,
+    /// regress_unload_cases.c: what rseqrt_munmap and rseqrt_dlclose free, and from where.
+    unload: PathBuf,
+    /// regress_sigmask_cases.c: stale threads waiting under temporary signal masks.
+    sigmask: PathBuf,
     /// regress_preload.c: not linked with rseqrt.
     preload_prog: PathBuf,
     /// A plugin whose critical section lives in it (plugin_counter.c).
@@ -76,13 +81,18 @@ fn programs() -> &'static Programs {
         );
         let early_lib = shared("libregress_early.so", "regress_early.c", &["-Wl,-soname,libregress_early.so"]);
         let slowshim = shared("libregress_slowshim.so", "regress_slowshim.c", &[]);
-        let cases = compile(
-            &CompileSpec::new("regress_cases", &[src("regress_cases.c")])
-                .cflags(&warn)
-                .cflags(&cflags)
-                .libs(&libs)
-                .libs(&["-pthread", "-ldl"]),
-        );
+        let cases_program = |name: &str| {
+            compile(
+                &CompileSpec::new(name, &[src(&format!("{name}.c"))])
+                    .cflags(&warn)
+                    .cflags(&cflags)
+                    .libs(&libs)
+                    .libs(&["-pthread", "-ldl"]),
+            )
+        };
+        let cases = cases_program("regress_cases");
+        let unload = cases_program("regress_unload_cases");
+        let sigmask = cases_program("regress_sigmask_cases");
         // rseqrt first, the early library after it: the dynamic linker initializes the early
         // library first.
         let cases_early = compile(
@@ -125,6 +135,8 @@ fn programs() -> &'static Programs {
             stage,
             cases,
             cases_early,
+            unload,
+            sigmask,
             preload_prog,
             plugin_counter,
             plugin_dtor,
@@ -146,10 +158,10 @@ fn suite() -> Suite {
     Suite { stage: programs().stage, timeout: CHILD_TIMEOUT }
 }
 
-/// Runs the `regress_cases` cases (plain row where asked, then the rseqrt row, each in its modes;
+/// Runs a cases program's cases (plain row where asked, then the rseqrt row, each in its modes;
 /// the rseqrt row must report the mode's owner) and fails the test if any failed.
-fn run_cases(what: &str, cases: &[Case]) {
-    suite().run_cases(what, &programs().cases, cases);
+fn run_cases(what: &str, program: &Path, cases: &[Case]) {
+    suite().run_cases(what, program, cases);
 }
 
 /// Runs `regress_preload OP` (plain: must die by SIGSEGV; preload: librseqrt_preload.so, must
@@ -177,6 +189,7 @@ fn tsd_destructors_at_thread_exit() {
     let p = plugin.as_str();
     run_cases(
         "TSD destructors",
+        &programs().cases,
         &[
             case("tsd", &[p, "first", "return"]),
             case("tsd", &[p, "first", "exit"]),
@@ -202,6 +215,7 @@ fn threads_started_before_rseqrts_constructor() {
     needed.program = Some(p.cases_early.as_path());
     run_cases(
         "threads started before rseqrt's constructor",
+        &p.cases,
         &[needed, case("early", &[]).rseqrt_only().env("LD_PRELOAD", &preload)],
     );
 }
@@ -236,18 +250,18 @@ fn preload_interposes_the_old_dlclose_version() {
 #[test]
 fn dlclose_covers_relocation_dependencies() {
     let p = programs();
-    run_cases("relocation dependencies", &[case("reldep", &[&path(&p.reldep_a), &path(&p.reldep_b)])]);
+    run_cases("relocation dependencies", &p.unload, &[case("reldep", &[&path(&p.reldep_a), &path(&p.reldep_b)])]);
 }
 
 /// The barrier fits in the smallest thread stack (PTHREAD_STACK_MIN), on its slow paths too.
 #[test]
 fn barrier_runs_on_the_smallest_stack() {
-    run_cases("smallest stack", &[case("smallstack", &[])]);
+    run_cases("smallest stack", &programs().unload, &[case("smallstack", &[])]);
 }
 
 #[test]
 fn barriers_cover_whole_pages() {
-    run_cases("whole pages", &[case("wholepage", &[])]);
+    run_cases("whole pages", &programs().unload, &[case("wholepage", &[])]);
     run_preload("whole pages (preload)", &[&["munmap-partial"], &["mremap-shrink-partial"], &["mmap-fixed-partial"]]);
 }
 
@@ -259,7 +273,7 @@ fn barriers_cover_whole_pages() {
 #[test]
 fn dlclose_runs_destructors() {
     let plugin = path(&programs().plugin_dtor);
-    run_cases("dlclose destructors", &[case("dtor", &[&plugin])]);
+    run_cases("dlclose destructors", &programs().unload, &[case("dtor", &[&plugin])]);
     run_preload("dlclose destructors (preload)", &[&["dlclose-dtor", &plugin]]);
 }
 
@@ -276,7 +290,7 @@ fn threads_in_the_middle_of_pthread_create() {
     let preload = format!("{} {}", path(&p.stage.lib("librseqrt.so.0")), path(&p.slowshim));
     let mut c = case("inflight", &[]).env("LD_PRELOAD", &preload);
     c.plain_in = &[Mode::Glibc];
-    run_cases("in-flight pthread_create", &[c]);
+    run_cases("in-flight pthread_create", &p.cases, &[c]);
 }
 
 /// 6. The rseq probe: under a seccomp filter answering EPERM to rseq (and ENOSYS, for
@@ -329,7 +343,7 @@ fn temporary_signal_masks() {
         true => cases.push(case("attrmask", &[])),
         false => println!("skip  attrmask: glibc {}.{} has no pthread_attr_setsigmask_np (2.32+)", glibc.0, glibc.1),
     }
-    run_cases("temporary signal masks", &cases);
+    run_cases("temporary signal masks", &programs().sigmask, &cases);
 }
 
 /// 8. rseqrt_dlclose() of handles that are not loaded objects — a malloc'd block of junk, a
@@ -339,7 +353,7 @@ fn temporary_signal_masks() {
 /// through the junk (as a link map) and crashed where dlclose() returns 0.
 #[test]
 fn dlclose_of_bogus_handles() {
-    run_cases("bogus dlclose handles", &[case("bogus", &[]).rseqrt_only()]);
+    run_cases("bogus dlclose handles", &programs().unload, &[case("bogus", &[]).rseqrt_only()]);
 }
 
 /// 9. A thread started by glibc's clone() (not pthread_create) registers rseq itself and holds a

@@ -3,10 +3,10 @@
 //! SIGSEGV, or an exit status), again when the program reports that the run could not
 //! show anything (exit 9), and one printed line per scenario.
 //!
-//! For the suites built on a cases program (`barrier_cases.c`, `regress_cases.c`) and a preload
-//! program (`barrier_preload.c`, `regress_preload.c`): [`Suite`] runs [`Case`]s (a plain row
-//! that must die by SIGSEGV, then an rseqrt row that must exit 0, in each owner mode) and
-//! preload operations (plain, then under the preload shim), one child at a time.
+//! For the suites built on cases programs (`barrier_cases.c`, `regress_cases.c` and their
+//! siblings) and a preload program (`barrier_preload.c`, `regress_preload.c`): [`Suite`] runs
+//! [`Case`]s (a plain row that must die by SIGSEGV, then an rseqrt row that must exit 0, in each
+//! owner mode) and preload operations (plain, then under the preload shim), one child at a time.
 
 use std::path::Path;
 use std::sync::Mutex;
