@@ -398,20 +398,30 @@ fn check(row: &Row) {
         format!("KNOWN DIFFERENCE ({why}): {lines:?}")
     };
 
-    let (traced, _) = run_row(row, Variant::Bindings);
-    assert!(
-        traced.success(),
-        "{}: the run under the shim with LD_DEBUG=bindings failed:\n{traced}",
-        row.name
-    );
-    let bound = bound_to_shim(&ld_debug_dir(row));
-    let missing: Vec<_> = row
-        .binds
-        .iter()
-        .filter(|(objects, symbol)| {
-            !bound.iter().any(|(o, s)| s == symbol && objects.split('|').any(|part| o.contains(part)))
-        })
-        .collect();
+    // Up to three traced runs: on glibc 2.31, about one run in 15 under a full `make check` (none
+    // in 40 alone) lacked one binding line of a multi-threaded program; the cause is not known.
+    // A binding the program no longer makes is missing from all three.
+    let (mut bound, mut missing) = (BTreeSet::new(), Vec::new());
+    for attempt in 1..=3 {
+        let (traced, _) = run_row(row, Variant::Bindings);
+        assert!(
+            traced.success(),
+            "{}: the run under the shim with LD_DEBUG=bindings failed:\n{traced}",
+            row.name
+        );
+        bound = bound_to_shim(&ld_debug_dir(row));
+        missing = row
+            .binds
+            .iter()
+            .filter(|(objects, symbol)| {
+                !bound.iter().any(|(o, s)| s == symbol && objects.split('|').any(|part| o.contains(part)))
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        println!("note  {}: traced run {attempt} shows no binding of {missing:?} to the shim", row.name);
+    }
     assert!(
         missing.is_empty(),
         "{}: no object of the program binds {missing:?} to the shim any more, so the row no \
