@@ -82,6 +82,10 @@ const YIELD_NS: u64 = 200_000;
 /// or every eighth of the pending count (a pass over thousands of fields costs as much as
 /// many of their handlers).
 const SETTLE_EVERY: usize = 16;
+/// This many pending fields or fewer are looked at after every yield: a thread's kernel clears
+/// its field as it delivers the signal, before the handler runs, so the barrier can be done
+/// before the handlers' count says so.
+const SETTLE_ALWAYS: usize = 16;
 /// Resend to threads that have not yet taken the signal once none has for this long.
 const RESEND_NS: u64 = 10_000_000;
 /// Once no thread has taken the signal for this long, the rest are assumed to block it.
@@ -315,7 +319,7 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             // them all, or every few yields: polling thousands of fields would take the CPU the
             // signalled threads need.
             let handled = signal::handled();
-            if (handled.wrapping_sub(settled_handled) as usize) < left && skipped < SETTLE_EVERY.max(left / 8) {
+            if left > SETTLE_ALWAYS && (handled.wrapping_sub(settled_handled) as usize) < left && skipped < SETTLE_EVERY.max(left / 8) {
                 skipped += 1;
                 platform::sched_yield();
                 continue;
