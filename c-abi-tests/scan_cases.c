@@ -94,18 +94,28 @@ static void idle_stop(struct idle *t)
     pthread_join(t->thread, NULL);
 }
 
+/* dlopen()s PLUGIN, keeps the handle, and starts an idle thread that ran its critical section
+ * once (rseq_cs then points into the plugin); returns the handle. */
+static void *start_plugin_user(const char *plugin, struct idle *user, uint64_t *before)
+{
+    void *kept = dlopen(plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!kept)
+        die(2, "dlopen %s: %s", plugin, dlerror());
+    *user = (struct idle){.plugin_fn = (int (*)(long *))dlsym(kept, "plugin_inc")};
+    if (!user->plugin_fn)
+        die(2, "dlsym plugin_inc: %s", dlerror());
+    idle_start(user, "plugin user", NULL);
+    *before = idle_cs(user);
+    if (!*before)
+        die(9, "inconclusive: the thread's rseq_cs is already 0");
+    return kept;
+}
+
 static void open_handle(const char *counter_plugin, const char *other_plugin)
 {
-    void *kept = dlopen(counter_plugin, RTLD_NOW | RTLD_LOCAL);
-    if (!kept)
-        die(2, "dlopen %s: %s", counter_plugin, dlerror());
-    struct idle user = {.plugin_fn = (int (*)(long *))dlsym(kept, "plugin_inc")};
-    if (!user.plugin_fn)
-        die(2, "dlsym plugin_inc: %s", dlerror());
-    idle_start(&user, "plugin user", NULL);
-    uint64_t before = idle_cs(&user);
-    if (!before)
-        die(9, "inconclusive: the thread's rseq_cs is already 0");
+    struct idle user;
+    uint64_t before;
+    void *kept = start_plugin_user(counter_plugin, &user, &before);
     for (int round = 0; round < 3; round++) {
         void *other = dlopen(other_plugin, RTLD_NOW | RTLD_LOCAL);
         if (!other)
@@ -137,16 +147,9 @@ static void dlopened(const char *counter_plugin, const char *other_plugin, int f
     int kept_expected = plain || !filtered;
     printf("glibc %s _dl_find_object: with process_vm_readv %s, expect the thread %s\n", plain ? "has" : "has no",
            filtered ? "refused" : "open", kept_expected ? "left alone" : "cleared (fail closed)");
-    void *kept = dlopen(counter_plugin, RTLD_NOW | RTLD_LOCAL);
-    if (!kept)
-        die(2, "dlopen %s: %s", counter_plugin, dlerror());
-    struct idle user = {.plugin_fn = (int (*)(long *))dlsym(kept, "plugin_inc")};
-    if (!user.plugin_fn)
-        die(2, "dlsym plugin_inc: %s", dlerror());
-    idle_start(&user, "plugin user", NULL);
-    uint64_t before = idle_cs(&user);
-    if (!before)
-        die(9, "inconclusive: the thread's rseq_cs is already 0");
+    struct idle user;
+    uint64_t before;
+    void *kept = start_plugin_user(counter_plugin, &user, &before);
     void *fresh = map_pages(1);
     check(rseqrt_munmap(fresh, pagesz) == 0, "first rseqrt_munmap of a fresh page = 0");
     check(idle_cs(&user) == before, "the first barrier left the thread alone (process_vm_readv still open)");
