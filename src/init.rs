@@ -12,6 +12,7 @@ pub extern "C" fn run() {
     thread::init_exit_hook();
     crate::config::load();
     real::resolve_all();
+    platform::note_clock();
     crate::census::init();
     crate::libc_private::init();
     crate::unmap::note_startup_objects();

@@ -18,8 +18,10 @@
 //! the same places too, that is, with the same layout (a reload of the same file).
 //!
 //! An unload waits for readers at most [`UNLOAD_WAIT_NS`] (2 s): a reader that never leaves (a
-//! handler that interrupted it and `siglongjmp`ed away, a fork child of a thread that was
+//! handler that interrupted it and `siglongjmp`ed away, a `_Fork()` child of a thread that was
 //! reading) then turns the plain loads off for the rest of the process, which costs speed only.
+//! A reader that is still in after 2 s without having left (its thread got no CPU for that long)
+//! would read memory the unload then frees: the limit trades that against a hang.
 //!
 //! Not covered (README, "How the barrier works"): an object unloaded by a `dlclose()` that
 //! bypasses rseqrt (glibc's own closes of NSS and gconv modules, the cleanup of a failed
@@ -110,8 +112,9 @@ pub fn read_descriptor(addr: usize) -> Option<rseq_cs> {
         return None;
     }
     // SAFETY: the range lies inside a readable segment of an object loaded when
-    // `_dl_find_object` answered; rseqrt's unloads wait while this reader is in (see the module
-    // for the unloads that bypass rseqrt); the kernel does not require alignment, nor does this.
+    // `_dl_find_object` answered; rseqrt's unloads wait while this reader is in (for up to
+    // `UNLOAD_WAIT_NS`; see the module for that limit and for the unloads that bypass rseqrt);
+    // the kernel does not require alignment, nor does this.
     Some(unsafe { core::ptr::read_unaligned(addr as *const rseq_cs) })
 }
 
@@ -170,15 +173,23 @@ const UNLOAD_WAIT_NS: u64 = 2_000_000_000;
 impl UnloadGuard {
     pub fn new() -> UnloadGuard {
         UNLOADS.fetch_add(1, SeqCst);
-        // Readers are a few loads long and never wait: yield until those in flight are out.
-        let mut give_up = None;
-        while READERS.load(SeqCst) != 0 {
+        // Readers are a few loads long and never wait: yield, then sleep in growing steps (a
+        // reader of lower priority on this CPU may need it), until those in flight are out. Once
+        // the plain loads are off, no reader enters again and a count left behind is ignored.
+        let (mut give_up, mut spins, mut pause_ns) = (None, 0u32, 1_000u64);
+        while READERS.load(SeqCst) != 0 && FIND_OBJECT.load(SeqCst) != 0 {
             let now = platform::monotonic_ns();
-            if now >= *give_up.get_or_insert(now + UNLOAD_WAIT_NS) {
+            if now >= *give_up.get_or_insert(now.saturating_add(UNLOAD_WAIT_NS)) {
                 turn_off();
                 break;
             }
-            platform::sched_yield();
+            if spins < 64 {
+                spins += 1;
+                platform::sched_yield();
+            } else {
+                platform::sleep_ns(pause_ns);
+                pause_ns = (pause_ns * 2).min(1_000_000);
+            }
         }
         UnloadGuard
     }

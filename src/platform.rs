@@ -2,7 +2,9 @@
 //!
 //! Guarantees for every function here: async-signal-safe, no allocation, no lock, no PLT call,
 //! `errno` untouched (errors come back as `Err(Errno)`). That makes them usable from the
-//! relocation-time resolver, signal handlers, thread start/exit and the `munmap` path.
+//! relocation-time resolver, signal handlers, thread start/exit and the `munmap` path. One
+//! exception: once the constructor has run, [`monotonic_ns`] calls the C library's own
+//! `clock_gettime` (the vDSO: no system call) through a pointer (see there).
 
 use crate::arch::syscall6;
 
@@ -180,14 +182,53 @@ pub unsafe fn munmap(addr: *mut u8, len: usize) -> SysResult<()> {
     unsafe { sys!(libc::SYS_munmap, addr, len) }.map(drop)
 }
 
-/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds: the C library's, which reads the vDSO (no
-/// system call; the barrier's wait loop reads the clock several times). Async-signal-safe (POSIX
-/// lists `clock_gettime`); only barriers and `rseqrt_dlclose()` call it, long after relocation.
+/// glibc's own `clock_gettime` (found with `dlvsym` on libc.so.6 by [`note_clock`], so neither
+/// an interposer of the program's, such as libfaketime, nor a PLT slot); 0 until then.
+static CLOCK_GETTIME: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Looks up glibc's `clock_gettime` (constructor time: `dlopen` and `dlvsym` are not
+/// async-signal-safe).
+pub fn note_clock() {
+    // SAFETY: NUL-terminated names; RTLD_NOLOAD only finds the C library already loaded, and the
+    // handle is never closed (it only adds a reference).
+    let f = unsafe {
+        let libc_handle = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+        if libc_handle.is_null() {
+            core::ptr::null_mut()
+        } else {
+            libc::dlvsym(libc_handle, c"clock_gettime".as_ptr(), c"GLIBC_2.17".as_ptr())
+        }
+    };
+    CLOCK_GETTIME.store(f as usize, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds. After the constructor, glibc's own function,
+/// which reads the vDSO (no system call; the barrier's wait loop reads the clock several times;
+/// POSIX lists it as async-signal-safe); before, or if it fails (errno is then put back), the
+/// system call. If that fails too: `u64::MAX`, so that every deadline has passed (a barrier
+/// then fails and frees nothing; a wait gives up).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let f = CLOCK_GETTIME.load(core::sync::atomic::Ordering::Relaxed);
+    if f != 0 {
+        // SAFETY: glibc's clock_gettime has this signature; `ts` is a live local.
+        let f: unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int = unsafe { core::mem::transmute(f) };
+        // SAFETY: errno is thread-local; `ts` is a live local.
+        let ok = unsafe {
+            let saved = *libc::__errno_location();
+            let ok = f(libc::CLOCK_MONOTONIC, &mut ts) == 0;
+            *libc::__errno_location() = saved;
+            ok
+        };
+        if ok {
+            return ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        }
+    }
     // SAFETY: `ts` is a live local.
-    let _ = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    match unsafe { sys!(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts as *mut libc::timespec) } {
+        Ok(_) => ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        Err(_) => u64::MAX,
+    }
 }
 
 /// `sched_yield(2)`.

@@ -228,12 +228,11 @@ pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
         _closing = Some(lock);
         let handle_map = handle as *const LinkMap;
         let stays = |m: *const LinkMap| {
-            // The handle's own object is left to the walk: glibc raises its count early in a
-            // dlopen() of it that may still fail and lower it again.
+            // The handle's own object is left to the walk (its count drops with this close).
             // SAFETY: `quick` calls this with a loaded object's map while rseqrt's unloads wait.
-            trust_open_counts && m != handle_map && unsafe { crate::opencount::open_handles(m) }.is_some_and(|n| n > 0)
+            m != handle_map && unsafe { crate::opencount::open_handles(m) }.is_some_and(|n| n > 0)
         };
-        if barrier::only_lasting_memory_referred(Some(&stays)) {
+        if trust_open_counts && barrier::only_lasting_memory_referred(Some(&stays)) {
             return real_dlclose(handle);
         }
         let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
@@ -299,7 +298,7 @@ impl CloseLock {
             }
             // The clock only once the lock is found held.
             let now = crate::platform::monotonic_ns();
-            if now >= *give_up.get_or_insert(now + CLOSE_WAIT_NS) {
+            if now >= *give_up.get_or_insert(now.saturating_add(CLOSE_WAIT_NS)) {
                 return CloseLock { held: false, me };
             }
             crate::platform::sched_yield();

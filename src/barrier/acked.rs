@@ -79,7 +79,7 @@ fn run(tids: &[(i32, usize)], escalate: bool, flags: u32, deadline: &impl Fn() -
     let sig = signal::reserved();
     let pid = platform::getpid();
     let generation = signal::next_ack_generation();
-    let escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
+    let escalate_at = platform::monotonic_ns().saturating_add(if sig == 0 { 0 } else { ESCALATE_NS });
     let mut done = [false; ROUND];
     loop {
         for (i, &(tid, slot)) in tids.iter().enumerate() {
@@ -88,7 +88,7 @@ fn run(tids: &[(i32, usize)], escalate: bool, flags: u32, deadline: &impl Fn() -
                 done[i] = true;
             }
         }
-        let resend_at = platform::monotonic_ns() + RESEND_NS;
+        let resend_at = platform::monotonic_ns().saturating_add(RESEND_NS);
         loop {
             for (i, &t) in tids.iter().enumerate() {
                 done[i] = done[i] || acknowledged(t, generation);

@@ -17,8 +17,8 @@
 //!   SIGNAL: reserved signal to each, wait (resend after 10 ms) ──all clear┤
 //!    │ none changed for 200 us (running threads that block the signal?)│
 //!    ▼                                                                 │
-//!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), once, for 16 ──all clear┤
-//!    │ suspects or fewer; then SIGNAL's wait goes on                   │
+//!   EXPEDITE: membarrier(PRIVATE_EXPEDITED_RSEQ), once, when 16 ─all clear┤
+//!    │ suspects or fewer are left; then SIGNAL's wait goes on          │
 //!    │ none changed for 20 ms (the rest block the signal)              │
 //!    ▼                                                                 │
 //!   BROADCAST: glibc's SIGSETXID to every glibc thread ────all clear───┘
@@ -26,6 +26,7 @@
 //!    ▼
 //!   FAIL (ETIMEDOUT): the caller frees nothing
 //! ```
+//! With no reserved signal to send, EXPEDITE comes first and BROADCAST right after it.
 //! POSSIBLE: threads whose `rseq_cs` refers to memory that only may be freed get one acknowledged
 //! signal round (see `acked` and [`clear_with_possible`]). UNKNOWN covers threads that the
 //! registry does not know (see `unknown`), and BROADCAST registered threads that block every
@@ -39,7 +40,8 @@
 //!
 //! Concurrency: barriers run concurrently with each other (they only read and send signals). A
 //! thread that exits during a barrier clears its own `rseq_cs` and then waits in its exit hook
-//! until the barriers that started before it left the registry have ended (see `registry`). In a `fork()` child, barriers of other parent threads are forgotten.
+//! until the barriers that started before it left the registry have ended (see `registry`). In
+//! a `fork()` child, barriers of other parent threads are forgotten.
 //! From a signal handler: pass [`SIGNAL_SAFE`]; everything is then async-signal-safe and
 //! allocation-free, and the call fails with `EAGAIN` where it would need glibc's broadcast.
 //! Allocation: none, ever (the `munmap` path depends on it; glibc's malloc calls `munmap` with
@@ -271,11 +273,11 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
     let pid = platform::getpid();
     let mut left = pending.len();
     let mut pause_ns = 20_000;
-    let mut yield_until = platform::monotonic_ns() + YIELD_NS;
+    let mut yield_until = platform::monotonic_ns().saturating_add(YIELD_NS);
     // Resending and escalating count from the last progress, not from the start: thousands of
     // signalled threads may queue for a CPU for longer than either interval, while each one that
     // takes the signal shows the rest are being reached.
-    let mut escalate_at = platform::monotonic_ns() + if sig == 0 { 0 } else { ESCALATE_NS };
+    let mut escalate_at = platform::monotonic_ns().saturating_add(if sig == 0 { 0 } else { ESCALATE_NS });
     let (mut escalated, mut sent) = (false, false);
     // No signal to send: EXPEDITE at once (see `expedite`).
     let mut expedited = sig == 0;
@@ -308,10 +310,10 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             // ESRCH: the thread is gone (it cleared its own field on the way out, or never runs again).
             let _ = signal::request(pid, s.tid, None);
         }
-        let mut resend_at = platform::monotonic_ns() + RESEND_NS;
+        let mut resend_at = platform::monotonic_ns().saturating_add(RESEND_NS);
         if sig != 0 && !sent {
             // From the end of the first pass: sending to thousands takes a while.
-            escalate_at = escalate_at.max(resend_at + ESCALATE_NS - RESEND_NS);
+            escalate_at = escalate_at.max(resend_at.saturating_add(ESCALATE_NS - RESEND_NS));
         }
         sent = true;
         loop {
@@ -334,11 +336,11 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             if left < before {
                 // Threads are still taking the signal: keep yielding; sleep, resend and escalate
                 // only once none has for a while (they may block it).
-                yield_until = now + YIELD_NS;
+                yield_until = now.saturating_add(YIELD_NS);
                 pause_ns = 20_000;
-                resend_at = now + RESEND_NS;
+                resend_at = now.saturating_add(RESEND_NS);
                 if sig != 0 {
-                    escalate_at = now + ESCALATE_NS;
+                    escalate_at = now.saturating_add(ESCALATE_NS);
                 }
             }
             if now >= deadline {
@@ -349,7 +351,7 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
             }
             if now < yield_until {
                 platform::sched_yield();
-            } else if !expedited {
+            } else if !expedited && left <= EXPEDITE_MAX {
                 expedited = true;
                 left = expedite(&mut pending[..left], classify);
                 if left == 0 {

@@ -4,7 +4,8 @@
 //! the objects' open handles). Then the close cannot unmap anything a thread refers to, and
 //! `rseqrt_dlclose()` skips the link-map walk and the barrier. In a process that uses rseq, idle
 //! threads hold such values (their last critical section ran elsewhere), and the check is the
-//! scan's one load per thread plus one look per distinct value.
+//! scan's one load per thread plus one look each time the value differs from the previous
+//! thread's.
 //!
 //! It answers `false` (run the full barrier) whenever it cannot be sure: a value elsewhere, a
 //! descriptor whose code or abort signature lies elsewhere, or threads the registry does not know.
