@@ -5,7 +5,8 @@
 //! `RSEQRT_SIGNAL` at the bottom (35..64), in the middle (34..64, that one inside) and next to
 //! the top; then the same on the reserved signal named by its number, which rseqrt shares with
 //! the program. A library initialized before rseqrt reads the same range in its constructor.
-//! And bash's `trap ... RTMAX` (bash 5.2 hard-codes 64), compared with plain bash.
+//! And bash's `trap ... RTMAX` (bash 5.2 hard-codes 64), compared with plain bash; and a `fork()`
+//! racing `sigaction()` on the shared number (`c-abi-tests/sigshare_fork.c`).
 //!
 //! Before the range change every rseqrt row failed (SIGRTMAX read 64 with rseqrt holding 64, and
 //! `__libc_allocate_rtsig()` handed out the reserved signal); before the sharing, `sigaction()`
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::scenario::{finish, go, Expect, Mode, Scenario};
+use support::scenario::{finish, go, modes, Expect, Mode, Scenario};
 use support::{c_test_source, compile, run, stage, tests_build_dir, CompileSpec, Stage};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -30,6 +31,8 @@ struct Programs {
     plain: PathBuf,
     /// The same, linked with rseqrt.
     linked: PathBuf,
+    /// sigshare_fork.c, linked with rseqrt.
+    fork: PathBuf,
 }
 
 fn programs() -> &'static Programs {
@@ -63,7 +66,14 @@ fn programs() -> &'static Programs {
                 .libs(&libs)
                 .libs(&early_libs),
         );
-        Programs { stage, plain, linked }
+        let fork = compile(
+            &CompileSpec::new("sigshare_fork", &[c_test_source("sigshare_fork.c")])
+                .cflags(&warn)
+                .cflags(&cflags)
+                .libs(&libs)
+                .libs(&["-lpthread"]),
+        );
+        Programs { stage, plain, linked, fork }
     })
 }
 
@@ -114,6 +124,25 @@ fn every_signal_of_the_range_is_the_programs() {
         }
     }
     finish("SIGRTMIN..SIGRTMAX", failures);
+}
+
+/// A `fork()` while another thread runs `sigaction()` on the shared number: the child still runs
+/// the program's handler of that number. rseqrt's sequence lock over the program's disposition
+/// can be copied odd (the writer thread does not exist in the child); the fork-child handler
+/// makes it even again. Without that reset, 14 of 300 children hung here (the program kills a
+/// child after 2 s and fails).
+#[test]
+fn fork_during_sigaction_on_the_shared_number() {
+    let p = programs();
+    let mut failures = Vec::new();
+    for &mode in modes() {
+        failures.extend(go(Scenario::new(format!("1,000 forks [{}]", mode.name()), &p.fork, &["1000".to_string()], mode, Expect::Exit(0))
+            .env("LD_LIBRARY_PATH", &p.stage.lib_dir.display().to_string())
+            .attempts(1)
+            .timeout(Duration::from_secs(120))
+            .echo("forks")));
+    }
+    finish("fork during sigaction()", failures);
 }
 
 /// bash scripts on `SIGRTMAX` by name; bash 5.2 (Debian 11 to 13) fixes the number of `RTMAX` (64)
