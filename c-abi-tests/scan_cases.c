@@ -4,6 +4,7 @@
  *   scan_cases permanent rseqrt open|filtered
  *   scan_cases openhandle rseqrt COUNTER_PLUGIN OTHER_PLUGIN
  *   scan_cases dlopened rseqrt open|filtered COUNTER_PLUGIN OTHER_PLUGIN
+ *   scan_cases forkreader rseqrt COUNTER_PLUGIN OTHER_PLUGIN
  *
  * Two threads run one critical section and block in read(): "program" with the descriptor in
  * this program's own .data (memory that stays mapped for the life of the process), "anonymous"
@@ -35,10 +36,22 @@
  * descriptor lies in the memory being freed: judged without reading it). Before the plain load,
  * the filtered case cleared the field on every glibc.
  *
+ * forkreader: fork() while another thread is reading a descriptor in COUNTER_PLUGIN with a plain
+ * load (inside rseqrt's reader count, src/loaded.rs): the thread loops rseqrt_clear() over an
+ * unrelated range while its rseq_cs points into the plugin. Each child, alone, refuses
+ * process_vm_readv to itself, closes OTHER_PLUGIN with rseqrt_dlclose() (an unload, which waits
+ * for readers) and then clears an unrelated range while its own rseq_cs points into the kept
+ * plugin: the plain read must still be on, so its field stays. Without the fork-child reset,
+ * a child that copied a reader in flight waits 2 s in that unload and then turns the plain
+ * reads off for good: the descriptor can then only be read with process_vm_readv, which is
+ * refused, so it counts as referring and the field is cleared. glibc before 2.35: no
+ * _dl_find_object(), no plain reads: skipped, saying so.
+ *
  * Exit: 0 passed; 1 a check failed; 2 setup; 3 no registered rseq area. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sys/wait.h>
 
 #include "seccomp_filter.h"
 #include "test_common.h"
@@ -128,6 +141,71 @@ static void open_handle(const char *counter_plugin, const char *other_plugin)
     check(rseqrt_dlclose(kept) == 0, "rseqrt_dlclose of the kept plugin = 0");
 }
 
+static int (*_Atomic forkreader_inc)(long *);
+static atomic_int forkreader_stop;
+static atomic_long forkreader_clears;
+static char forkreader_unrelated[4096] __attribute__((aligned(4096)));
+
+static void *forkreader_loop(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&forkreader_stop)) {
+        atomic_load(&forkreader_inc)(counters); /* rseq_cs -> the plugin's descriptor */
+        if (rseqrt_clear(forkreader_unrelated, sizeof forkreader_unrelated, 0) != 0)
+            die(2, "rseqrt_clear: %s", strerror(errno));
+        atomic_fetch_add(&forkreader_clears, 1);
+    }
+    return NULL;
+}
+
+static void fork_reader(const char *counter_plugin, const char *other_plugin, int forks)
+{
+    if (!dlsym(RTLD_DEFAULT, "_dl_find_object")) {
+        printf("skipped: glibc has no _dl_find_object(), so rseqrt makes no plain reads to reset\n");
+        return;
+    }
+    void *kept = dlopen(counter_plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!kept)
+        die(2, "dlopen %s: %s", counter_plugin, dlerror());
+    forkreader_inc = (int (*)(long *))dlsym(kept, "plugin_inc");
+    if (!forkreader_inc)
+        die(2, "dlsym plugin_inc: %s", dlerror());
+    pthread_t t;
+    if ((errno = pthread_create(&t, NULL, forkreader_loop, NULL)) != 0)
+        die(2, "pthread_create: %s", strerror(errno));
+    while (atomic_load(&forkreader_clears) < 1000)
+        sched_yield();
+    int cleared = 0, failed = 0;
+    for (int i = 0; i < forks; i++) {
+        pid_t pid = fork();
+        if (pid < 0)
+            die(2, "fork: %s", strerror(errno));
+        if (pid == 0) {
+            if (refuse_syscall(SYS_process_vm_readv, EPERM, 0) != 0)
+                _exit(2);
+            void *other = dlopen(other_plugin, RTLD_NOW | RTLD_LOCAL);
+            if (!other || rseqrt_dlclose(other) != 0)
+                _exit(2);
+            forkreader_inc(counters);
+            uint64_t before = rseq_cs_current();
+            if (rseqrt_clear(forkreader_unrelated, sizeof forkreader_unrelated, 0) != 0)
+                _exit(2);
+            _exit(before != 0 && rseq_cs_current() == before ? 0 : 1);
+        }
+        int status;
+        if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) == 2)
+            failed++;
+        else if (WEXITSTATUS(status) == 1)
+            cleared++;
+    }
+    atomic_store(&forkreader_stop, 1);
+    pthread_join(t, NULL);
+    printf("%d forks during %ld barriers reading the plugin's descriptor\n", forks, atomic_load(&forkreader_clears));
+    check(failed == 0, "no child failed to set up (%d did)", failed);
+    check(cleared == 0, "every child still read the descriptor with a plain load: its field stayed (%d cleared theirs)",
+          cleared);
+}
+
 /* Whether process_vm_readv is refused, as the scenario says it must be. */
 static int readv_filtered(const char *how)
 {
@@ -190,6 +268,11 @@ int main(int argc, char **argv)
     cases_start(argc, argv, "open|filtered [COUNTER_PLUGIN OTHER_PLUGIN] | COUNTER_PLUGIN OTHER_PLUGIN");
     if (!strcmp(scenario, "openhandle") && use_rseqrt && argc == 5) {
         open_handle(argv[3], argv[4]);
+        printf("survived\n");
+        return 0;
+    }
+    if (!strcmp(scenario, "forkreader") && use_rseqrt && argc == 5) {
+        fork_reader(argv[3], argv[4], 300);
         printf("survived\n");
         return 0;
     }

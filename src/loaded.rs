@@ -339,7 +339,9 @@ fn remember(object: &Object, segs: &[(usize, usize); SEGMENTS]) {
 pub fn after_fork_child() {
     READERS.store(0, Relaxed);
     UNLOADS.store(0, Relaxed);
-    for k in &KNOWN {
+    // The child has the parent's mappings, so finished entries stay true; one a writer had begun
+    // is emptied.
+    for k in KNOWN.iter().filter(|k| k.seq.load(Relaxed) % 2 == 1) {
         write_entry(k, None, &[(0, 0); SEGMENTS]);
     }
     WRITING.store(0, Release);
