@@ -317,9 +317,9 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
         }
         sent = true;
         loop {
-            // Look at every pending field again only when enough handlers have run to clear
-            // them all, or every few yields: polling thousands of fields would take the CPU the
-            // signalled threads need.
+            // With more than SETTLE_ALWAYS pending, look at their fields again only when enough
+            // handlers have run to clear them all, or every few yields: polling thousands of
+            // fields would take the CPU the signalled threads need.
             let handled = signal::handled();
             if left > SETTLE_ALWAYS && (handled.wrapping_sub(settled_handled) as usize) < left && skipped < SETTLE_EVERY.max(left / 8) {
                 skipped += 1;
