@@ -1,6 +1,8 @@
-//! The few ELF and dynamic-linker structures rseqrt reads (`<elf.h>`, `<link.h>`), and symbol
-//! lookup in a loaded object's `.dynsym` through its hash tables: plain data and loads, no call,
-//! usable at relocation time.
+//! The few ELF and dynamic-linker structures rseqrt reads (`<elf.h>`, `<link.h>`), symbol
+//! lookup in a loaded object's `.dynsym` through its hash tables, and an object's `DT_NEEDED`
+//! closure among the loaded objects: plain data and loads, no call, usable at relocation time.
+
+use core::ffi::CStr;
 
 /// `ElfW(Dyn)`.
 #[repr(C)]
@@ -276,4 +278,101 @@ fn sysv_hash_of(name: &[u8]) -> u32 {
         i += 1;
     }
     h
+}
+
+/// The `DT_NEEDED` names of `m`; `None` when it has more than fit.
+///
+/// # Safety
+/// `m` must be a loaded object.
+unsafe fn needed_names(m: &LinkMap) -> Option<[Option<&CStr>; 64]> {
+    let mut out = [None; 64];
+    // SAFETY: a loaded object's dynamic section and string table are mapped.
+    unsafe {
+        let Some(strtab) = m.dyn_ptr(DT_STRTAB) else { return Some(out) };
+        // DT_NEEDED values are offsets into the string table.
+        let mut d = m.l_ld;
+        let mut n = 0;
+        while !d.is_null() && (*d).d_tag != crate::elf::DT_NULL {
+            if (*d).d_tag == DT_NEEDED {
+                *out.get_mut(n)? = Some(CStr::from_ptr((strtab + (*d).d_val as usize) as *const libc::c_char));
+                n += 1;
+            }
+            d = d.add(1);
+        }
+    }
+    Some(out)
+}
+
+/// The loaded object, in the list `any` belongs to, whose SONAME or file name is `name`, among
+/// those `skip` does not name.
+///
+/// # Safety
+/// `any` must be a loaded object.
+pub(crate) unsafe fn find_loaded(any: *const LinkMap, name: &CStr, skip: impl Fn(*const LinkMap) -> bool) -> Option<*const LinkMap> {
+    let mut m = any;
+    // SAFETY: the loader's list; every element is a loaded object with mapped tables.
+    unsafe {
+        while !(*m).l_prev.is_null() {
+            m = (*m).l_prev;
+        }
+        while !m.is_null() {
+            let obj = &*m;
+            if skip(m) {
+                m = obj.l_next;
+                continue;
+            }
+            let soname = obj.dyn_val(DT_SONAME)
+                .zip(obj.dyn_ptr(DT_STRTAB))
+                .map(|(off, strtab)| CStr::from_ptr((strtab + off) as *const libc::c_char));
+            let path = (!obj.l_name.is_null()).then(|| CStr::from_ptr(obj.l_name.cast()).to_bytes());
+            // A DT_NEEDED entry with a slash names a path; otherwise a SONAME or a file name.
+            let matches = if name.to_bytes().contains(&b'/') {
+                path == Some(name.to_bytes())
+            } else {
+                soname == Some(name) || path.and_then(|p| p.rsplit(|&b| b == b'/').next()) == Some(name.to_bytes())
+            };
+            if matches {
+                return Some(m);
+            }
+            m = obj.l_next;
+        }
+    }
+    None
+}
+
+
+/// The object list is full.
+#[derive(Debug)]
+pub struct Full;
+
+/// Adds `m` to `objects[..*count]` unless it is there already.
+pub fn add_object(objects: &mut [*const LinkMap], count: &mut usize, m: *const LinkMap) -> Result<(), Full> {
+    if !objects[..*count].contains(&m) {
+        *objects.get_mut(*count).ok_or(Full)? = m;
+        *count += 1;
+    }
+    Ok(())
+}
+
+/// Adds to `objects[..*count]` (the roots) the closure of their `DT_NEEDED` entries: each name
+/// matched among the loaded objects of the first root's list that `skip` does not name, each
+/// object once. `Err(Full)` when the closure does not fit in `objects`, or an object names more
+/// than [`needed_names`] holds; what was found so far is kept.
+///
+/// # Safety
+/// The roots must be loaded objects of one list, read under the loader's lock.
+pub unsafe fn add_needed_closure(objects: &mut [*const LinkMap], count: &mut usize, skip: impl Fn(*const LinkMap) -> bool + Copy) -> Result<(), Full> {
+    let mut next = 0;
+    while next < *count {
+        // SAFETY: every entry is a loaded object of the loader's list, under its lock.
+        let needed = unsafe { needed_names(&*objects[next]) }.ok_or(Full)?;
+        next += 1;
+        for name in needed.iter().flatten() {
+            // SAFETY: as above.
+            if let Some(dep) = unsafe { find_loaded(objects[0], name, skip) } {
+                add_object(objects, count, dep)?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -20,7 +20,7 @@
 use crate::abi::RseqrtArea;
 use crate::platform;
 use core::ffi::CStr;
-use core::mem::{offset_of, size_of, MaybeUninit};
+use core::mem::offset_of;
 use core::sync::atomic::{AtomicI32, AtomicIsize, AtomicPtr, AtomicU32, AtomicUsize, Ordering::{Relaxed, SeqCst}};
 
 static THREAD_COUNT: AtomicPtr<AtomicU32> = AtomicPtr::new(core::ptr::null_mut());
@@ -104,7 +104,7 @@ fn facts_from_libpthread() -> Option<Facts> {
 /// The byte offset a libthread_db descriptor (three 32-bit words: bits, count, offset) at
 /// `desc` gives, if it describes one field of `want_bits`.
 fn descriptor_offset(desc: usize, want_bits: u32) -> Option<usize> {
-    let [bits, count, offset] = peek::<[u32; 3]>(desc).filter(|_| desc != 0)?;
+    let [bits, count, offset] = platform::read_own::<[u32; 3]>(desc).filter(|_| desc != 0)?;
     (bits == want_bits && count == 1 && offset < 1 << 16).then_some(offset as usize)
 }
 
@@ -150,25 +150,13 @@ pub fn is_glibc_thread_start(start: usize) -> bool {
     start != 0 && start == GLIBC_START_THREAD.load(Relaxed)
 }
 
-/// Reads a `T` at `addr` of this process, or `None` if that memory is not mapped.
-fn peek<T: Copy>(addr: usize) -> Option<T> {
-    let mut v = MaybeUninit::<T>::uninit();
-    // SAFETY: `v` is a live local of `size_of::<T>()` bytes.
-    match unsafe { platform::read_own_memory(v.as_mut_ptr().cast(), addr, size_of::<T>()) } {
-        // SAFETY: the kernel filled all of `v`; the `T`s used here (integers) are valid for any
-        // bytes.
-        Ok(n) if n == size_of::<T>() => Some(unsafe { v.assume_init() }),
-        _ => None,
-    }
-}
-
 /// Whether `pd` is glibc's descriptor of the live thread `tid`: its header's `tcb` and `self`
 /// words (at 0 and 16 on x86-64) point to it, and it holds the id.
 fn is_descriptor_of(pd: usize, tid: i32) -> bool {
     let Ok(tid_offset) = usize::try_from(TID_OFFSET.load(Relaxed)) else { return false };
-    pd.checked_add(tid_offset).and_then(peek::<i32>) == Some(tid)
-        && peek::<usize>(pd) == Some(pd)
-        && pd.checked_add(16).and_then(peek::<usize>) == Some(pd)
+    pd.checked_add(tid_offset).and_then(platform::read_own::<i32>) == Some(tid)
+        && platform::read_own::<usize>(pd) == Some(pd)
+        && pd.checked_add(16).and_then(platform::read_own::<usize>) == Some(pd)
 }
 
 /// Sets `found[i]` to the descriptor of each `tids[i]` found in glibc's thread lists (0: not
@@ -218,19 +206,19 @@ fn walk_list(head: usize, link: usize, tid_offset: usize, tids: &[i32], found: &
         return false;
     }
     // A link is (next, prev).
-    let Some(mut at) = peek::<usize>(head) else { return false };
+    let Some(mut at) = platform::read_own::<usize>(head) else { return false };
     let mut from = head;
     for _ in 0..MAX_WALK {
         if at == head {
             // Round: the head's `prev` must be the last node.
-            return head.checked_add(8).and_then(peek::<usize>) == Some(from);
+            return head.checked_add(8).and_then(platform::read_own::<usize>) == Some(from);
         }
         let Some(pd) = at.checked_sub(link) else { return false };
-        let Some([next, prev]) = peek::<[usize; 2]>(at) else { return false };
+        let Some([next, prev]) = platform::read_own::<[usize; 2]>(at) else { return false };
         if prev != from {
             return false;
         }
-        if let Some(t) = pd.checked_add(tid_offset).and_then(peek::<i32>).filter(|&t| t > 0) {
+        if let Some(t) = pd.checked_add(tid_offset).and_then(platform::read_own::<i32>).filter(|&t| t > 0) {
             if let Some(i) = tids.iter().position(|&want| want == t) {
                 if i < found.len() && is_descriptor_of(pd, t) {
                     found[i] = if found[i] == 0 { pd } else { AMBIGUOUS };
@@ -261,9 +249,9 @@ pub fn libc_threads_rseq_cs(tids: &[i32], values: &mut [Option<u64>]) {
             continue;
         }
         let field = pd.checked_add_signed(area).and_then(|a| a.checked_add(offset_of!(RseqrtArea, rseq_cs)));
-        if let Some(value) = field.and_then(peek::<u64>) {
+        if let Some(value) = field.and_then(platform::read_own::<u64>) {
             // Still its descriptor (a descriptor reused by a new thread holds the new id).
-            if pd.checked_add(tid_offset).and_then(peek::<i32>) == Some(tids[i]) {
+            if pd.checked_add(tid_offset).and_then(platform::read_own::<i32>) == Some(tids[i]) {
                 values[i] = Some(value);
             }
         }

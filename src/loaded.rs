@@ -102,6 +102,24 @@ struct Object {
 /// Reads the descriptor at `addr` if it lies in a readable segment of a loaded object; `None`
 /// (read it another way) where it does not, where that cannot be told, or while rseqrt unloads.
 pub fn read_descriptor(addr: usize) -> Option<rseq_cs> {
+    with_descriptor(addr, |_, cs| cs)
+}
+
+/// Whether the descriptor at `addr`, its code and its abort signature all lie in one loaded
+/// object (or in `permanent` memory) that `stays` says the coming unload leaves loaded. `stays` is
+/// called with the object's link map while rseqrt's unloads wait, so the map can be read.
+pub fn refers_only_within_object(addr: usize, stays: impl FnOnce(*const LinkMap) -> bool) -> bool {
+    with_descriptor(addr, |object, cs| {
+        let lasts = |&(a, b): &(usize, usize)| (object.start <= a && b <= object.stop) || crate::permanent::holds(a, b - a);
+        crate::abi::touched_ranges(&cs).iter().all(lasts) && stays(object.map as *const LinkMap)
+    })
+    .unwrap_or(false)
+}
+
+/// `f` of the object holding the descriptor at `addr` and the descriptor (a plain load), while
+/// rseqrt's unloads wait; `None` where the descriptor does not lie in a readable segment of a
+/// loaded object, where that cannot be told, or while rseqrt unloads.
+fn with_descriptor<R>(addr: usize, f: impl FnOnce(&Object, rseq_cs) -> R) -> Option<R> {
     let end = addr.checked_add(size_of::<rseq_cs>())?;
     if FIND_OBJECT.load(Relaxed) == 0 {
         return None;
@@ -115,28 +133,8 @@ pub fn read_descriptor(addr: usize) -> Option<rseq_cs> {
     // `_dl_find_object` answered; rseqrt's unloads wait while this reader is in (for up to
     // `UNLOAD_WAIT_NS`; see the module for that limit and for the unloads that bypass rseqrt);
     // the kernel does not require alignment, nor does this.
-    Some(unsafe { core::ptr::read_unaligned(addr as *const rseq_cs) })
-}
-
-/// Whether the descriptor at `addr`, its code and its abort signature all lie in one loaded
-/// object (or in `permanent` memory) that `stays` says the coming unload leaves loaded. `stays` is
-/// called with the object's link map while rseqrt's unloads wait, so the map can be read.
-pub fn refers_only_within_object(addr: usize, stays: impl FnOnce(*const LinkMap) -> bool) -> bool {
-    let Some(end) = addr.checked_add(size_of::<rseq_cs>()) else { return false };
-    if FIND_OBJECT.load(Relaxed) == 0 {
-        return false;
-    }
-    let Some(_reader) = Reader::enter() else { return false };
-    let Some(object) = find_object(addr) else { return false };
-    if end > object.stop || !segments_hold(&object, addr, end) {
-        return false;
-    }
-    let (start, stop) = (object.start, object.stop);
-    // SAFETY: as in `read_descriptor`.
     let cs = unsafe { core::ptr::read_unaligned(addr as *const rseq_cs) };
-    let lasts = |a: usize, len: usize| (start <= a && a.saturating_add(len) <= stop) || crate::permanent::holds(a, len);
-    let abort = cs.abort_ip as usize;
-    lasts(cs.start_ip as usize, cs.post_commit_offset as usize) && abort >= 4 && lasts(abort - 4, 4) && stays(object.map as *const LinkMap)
+    Some(f(&object, cs))
 }
 
 /// The reader side of the unload lock.
@@ -268,18 +266,13 @@ fn segments_hold(object: &Object, addr: usize, end: usize) -> bool {
 /// the program headers in its file image; `None` otherwise.
 fn learn(start: usize, stop: usize) -> Option<[(usize, usize); SEGMENTS]> {
     const PHDR: usize = size_of::<libc::Elf64_Phdr>();
-    let mut ehdr = MaybeUninit::<libc::Elf64_Ehdr>::zeroed();
-    read_remote(ehdr.as_mut_ptr().cast(), start, size_of::<libc::Elf64_Ehdr>())?;
-    // SAFETY: zero-initialised and filled; every bit pattern is a valid ELF header.
-    let ehdr = unsafe { ehdr.assume_init() };
+    let ehdr: libc::Elf64_Ehdr = platform::read_own(start)?;
     let (phoff, phnum) = (ehdr.e_phoff as usize, ehdr.e_phnum as usize);
     if ehdr.e_ident[..4] != *b"\x7fELF" || ehdr.e_phentsize as usize != PHDR || phnum > MAX_PHDRS {
         return None;
     }
-    let mut phdrs = MaybeUninit::<[libc::Elf64_Phdr; MAX_PHDRS]>::zeroed();
-    read_remote(phdrs.as_mut_ptr().cast(), start.checked_add(phoff)?, phnum * PHDR)?;
-    // SAFETY: zero-initialised, the first `phnum` filled; every bit pattern is valid.
-    let phdrs = unsafe { phdrs.assume_init() };
+    let mut phdrs: [libc::Elf64_Phdr; MAX_PHDRS] = platform::zeroed();
+    platform::read_own_into(&mut phdrs[..phnum], start.checked_add(phoff)?)?;
     let mut loads = phdrs[..phnum].iter().filter(|ph| ph.p_type == libc::PT_LOAD);
     let first = loads.clone().next()?;
     if first.p_offset != 0 || first.p_vaddr != 0 || phoff.checked_add(phnum * PHDR)? > first.p_filesz as usize {
@@ -294,15 +287,6 @@ fn learn(start: usize, stop: usize) -> Option<[(usize, usize); SEGMENTS]> {
         n += 1;
     }
     Some(segs)
-}
-
-/// Reads `len` bytes at `addr` into `dst` with `process_vm_readv`; `None` unless all were read.
-fn read_remote(dst: *mut u8, addr: usize, len: usize) -> Option<()> {
-    // SAFETY: callers pass a live local buffer of at least `len` bytes.
-    match unsafe { platform::read_own_memory(dst, addr, len) } {
-        Ok(n) if n == len => Some(()),
-        _ => None,
-    }
 }
 
 /// Writes one entry of [`KNOWN`]; the caller holds [`WRITING`].

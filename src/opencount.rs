@@ -15,7 +15,8 @@
 //! back is the count; anything else (no such word, or several) leaves the offset unknown, and
 //! every object loaded after startup stays one that may be unmapped, as before.
 //!
-//! [`calibrate`] calls the loader (not from a signal handler, not under the loader's lock);
+//! [`calibrate`] calls the loader (not from a signal handler; glibc's load lock is recursive, so
+//! a constructor or destructor that closes a handle may call it);
 //! [`open_handles`]: loads only, inside a `dl_iterate_phdr()` callback (whose `dl_load_write_lock`
 //! keeps the map listed) or while rseqrt's unloads wait (`loaded`). glibc changes the count under
 //! another lock (`dl_load_lock`), so the value can change right after it is read:
@@ -99,8 +100,9 @@ fn measure() -> Option<usize> {
         )
     };
     let me = own_map()?;
-    // SAFETY: the map is live; its name is a NUL-terminated path (never empty for a library).
+    // SAFETY: the map is live.
     let name = unsafe { (*me).l_name };
+    // SAFETY: a non-null name is a NUL-terminated path, so its first byte is readable.
     if name.is_null() || unsafe { *name } == 0 {
         return None;
     }

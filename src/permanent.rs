@@ -36,6 +36,18 @@ pub fn holds(addr: usize, len: usize) -> bool {
     (0..n).any(|i| STARTS[i].load(Relaxed) <= addr && end <= ENDS[i].load(Relaxed))
 }
 
+/// The descriptor at `addr` when it lies inside one recorded segment (a plain load); `None`
+/// otherwise.
+pub fn read_descriptor(addr: usize) -> Option<crate::abi::rseq_cs> {
+    if !holds(addr, core::mem::size_of::<crate::abi::rseq_cs>()) {
+        return None;
+    }
+    // SAFETY: the descriptor lies inside a readable segment of an object that is never unloaded
+    // (see the module for a program that unmaps its own); the kernel does not require its
+    // alignment, so neither does this read.
+    Some(unsafe { core::ptr::read_unaligned(addr as *const crate::abi::rseq_cs) })
+}
+
 /// Whether `m` is one of the recorded objects (which `dlclose()` never unmaps).
 pub fn is_object(m: *const LinkMap) -> bool {
     let n = OBJECT_COUNT.load(Acquire);
@@ -109,21 +121,6 @@ unsafe fn find_closure(objects: &mut Objects) {
     }
     objects.maps[0] = main;
     objects.count = 1;
-    let mut next = 0;
-    while next < objects.count {
-        // SAFETY: a loaded object of the list, under the lock.
-        let Some(needed) = (unsafe { crate::unmap::needed_names(&*objects.maps[next]) }) else { return };
-        next += 1;
-        for name in needed.iter().flatten() {
-            // SAFETY: as above.
-            let Some(dep) = (unsafe { crate::unmap::find_loaded(main, name, |_| false) }) else { continue };
-            if !objects.maps[..objects.count].contains(&dep) {
-                if objects.count == MAX_OBJECTS {
-                    return;
-                }
-                objects.maps[objects.count] = dep;
-                objects.count += 1;
-            }
-        }
-    }
+    // SAFETY: `main` is a loaded object, under the loader's lock. A full list keeps what fits.
+    let _ = unsafe { crate::elf::add_needed_closure(&mut objects.maps, &mut objects.count, |_| false) };
 }

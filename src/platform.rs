@@ -2,9 +2,10 @@
 //!
 //! Guarantees for every function here: async-signal-safe, no allocation, no lock, no PLT call,
 //! `errno` untouched (errors come back as `Err(Errno)`). That makes them usable from the
-//! relocation-time resolver, signal handlers, thread start/exit and the `munmap` path. One
-//! exception: once the constructor has run, [`monotonic_ns`] calls the C library's own
-//! `clock_gettime` (the vDSO: no system call) through a pointer (see there).
+//! relocation-time resolver, signal handlers, thread start/exit and the `munmap` path. Two
+//! exceptions: once the constructor has run, [`monotonic_ns`] calls the C library's own
+//! `clock_gettime` (the vDSO: no system call) through a pointer (see there), which
+//! [`note_clock`] looks up with `dlopen`/`dlvsym` (constructor only).
 
 use crate::arch::syscall6;
 
@@ -235,6 +236,53 @@ pub fn monotonic_ns() -> u64 {
 pub fn sched_yield() {
     // SAFETY: no arguments.
     let _ = unsafe { sys!(libc::SYS_sched_yield) };
+}
+
+/// Plain data: every bit pattern is a valid value, so any bytes copied into one make one.
+///
+/// # Safety
+/// Implement only for such types (integers, and arrays and C structs of them).
+pub unsafe trait Plain: Copy {}
+// SAFETY: integers and arrays of plain data have no invalid bit patterns.
+unsafe impl Plain for i32 {}
+// SAFETY: as above.
+unsafe impl Plain for u32 {}
+// SAFETY: as above.
+unsafe impl Plain for u64 {}
+// SAFETY: as above.
+unsafe impl Plain for usize {}
+// SAFETY: as above.
+unsafe impl<T: Plain, const N: usize> Plain for [T; N] {}
+// SAFETY: C structs of integers.
+unsafe impl Plain for crate::abi::rseq_cs {}
+// SAFETY: as above.
+unsafe impl Plain for libc::Elf64_Ehdr {}
+// SAFETY: as above.
+unsafe impl Plain for libc::Elf64_Phdr {}
+
+/// A `T` of all zero bytes.
+pub fn zeroed<T: Plain>() -> T {
+    // SAFETY: every bit pattern, all zeros included, is a valid `T`.
+    unsafe { core::mem::MaybeUninit::<T>::zeroed().assume_init() }
+}
+
+/// The `T` at `addr` of this process, read with [`read_own_memory`]: `None` when any of it is
+/// unmapped or unreadable.
+pub fn read_own<T: Plain>(addr: usize) -> Option<T> {
+    let mut v = [zeroed::<T>()];
+    read_own_into(&mut v, addr)?;
+    Some(v[0])
+}
+
+/// Fills `dst` from `addr` of this process with [`read_own_memory`]; `None` unless all of it was
+/// read.
+pub fn read_own_into<T: Plain>(dst: &mut [T], addr: usize) -> Option<()> {
+    let len = core::mem::size_of_val(dst);
+    // SAFETY: `dst` is a live, writable buffer of `len` bytes, and any bytes make valid `T`s.
+    match unsafe { read_own_memory(dst.as_mut_ptr().cast(), addr, len) } {
+        Ok(n) if n == len => Some(()),
+        _ => None,
+    }
 }
 
 /// Copies `len` bytes at `remote` (an address in this process) into `local` with

@@ -20,8 +20,8 @@
 //! slot LIVE, so a stream of barriers cannot starve an exiting thread. All operations on the slot
 //! state, the sequence and the cells are sequentially consistent (see [`ReadGuard::new`]).
 //!
-//! Guarantees: every function is async-signal-safe, lock-free and malloc-free (`mmap` only). Two may wait:
-//! [`release`], while a barrier that started before it is running (asleep on a futex the
+//! Guarantees: every function is async-signal-safe and malloc-free (`mmap` only), and takes no
+//! lock of the C library. Two may wait: [`release`], while a barrier that started before it is running (asleep on a futex the
 //! barrier's end wakes), and [`ReadGuard::new`], while all of its 128 cells are taken by running
 //! barriers.
 
@@ -239,7 +239,8 @@ pub fn known_threads() -> usize {
 }
 
 /// Scratch memory of the barrier holding each cell (see [`Scratch`]): `mmap`ed on first need,
-/// replaced by a larger mapping when too small, never freed (the cell's next holder reuses it).
+/// replaced by a larger mapping when too small (the smaller one is unmapped), and kept for the
+/// cell's next holder.
 static SCRATCH: [AtomicPtr<u8>; CELLS] = [const { AtomicPtr::new(ptr::null_mut()) }; CELLS];
 static SCRATCH_BYTES: [AtomicUsize; CELLS] = [const { AtomicUsize::new(0) }; CELLS];
 

@@ -8,15 +8,16 @@
 //!
 //! Delivering the signal is what makes the thread's own kernel process its `rseq_cs` (abort a
 //! running critical section, then clear the field) before the handler runs. For the barrier's
-//! requests ([`request`]) the handler only acknowledges, for threads whose areas the barrier
-//! cannot read: it records its thread id and the current acknowledgement generation in a fixed
-//! table. It is installed with `SA_RESTART`,
-//! so interrupted system calls resume (calls that never restart, such as `sigtimedwait()`,
+//! requests ([`request`]) the handler only acknowledges: the request names the thread and its
+//! registry slot, and the handler records the current acknowledgement generation there (and in
+//! a cell of its thread id, for rounds that know a thread by its id only) and counts itself
+//! handled; every other signal of the number goes to the program's disposition. It is
+//! installed with `SA_RESTART`, so interrupted system calls resume (calls that never restart, such as `sigtimedwait()`,
 //! `nanosleep()` or `epoll_wait()`, return EINTR, as with glibc's own SIGSETXID), and it makes
 //! no call that sets `errno`: async-signal-safe, allocation-free, errno kept.
 
 use crate::real::{self, Next};
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering::{Relaxed, SeqCst}};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::{Relaxed, SeqCst}};
 use libc::{c_int, sigset_t};
 
 /// The reserved signal, 0 until [`init`] picks it.
@@ -25,6 +26,17 @@ static RESERVED: AtomicI32 = AtomicI32::new(0);
 /// The reserved signal number (0 before the constructor ran).
 pub fn reserved() -> c_int {
     RESERVED.load(Relaxed)
+}
+
+/// Set when the constructor could not install rseqrt's handler on the chosen number: the
+/// number's disposition is then the kernel's alone again.
+static INSTALL_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Whether `sig` is the number rseqrt shares with the program: from the moment it is chosen
+/// (before the constructor installs the handler, when a library initialized earlier read
+/// `SIGRTMAX`), unless that install failed.
+fn shared(sig: c_int) -> bool {
+    sig != 0 && sig == crate::rtsig::taken() && !INSTALL_FAILED.load(Relaxed)
 }
 
 /// Acknowledgement cells, indexed by thread id modulo their number: (tid << 32) | generation.
@@ -104,7 +116,7 @@ pub fn acknowledged(tid: i32, generation: u32) -> bool {
 /// Whether thread `tid` blocks the reserved signal; `Err` when it is gone.
 pub fn blocks_reserved(tid: i32) -> crate::platform::SysResult<bool> {
     let sig = reserved();
-    crate::platform::blocked_signals(tid).map(|mask| sig > 0 && mask & (1u64 << (sig - 1)) != 0)
+    crate::platform::blocked_signals(tid).map(|mask| sig > 0 && mask & crate::sigshare::bit(sig) != 0)
 }
 
 type SigactionFn = unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
@@ -138,6 +150,15 @@ pub fn init() {
             crate::sigshare::exchange(Some(crate::sigshare::Disposition::from_sigaction(&old)));
         }
         RESERVED.store(chosen, Relaxed);
+    } else {
+        // Give the kernel what the program set through rseqrt meanwhile, and stop sharing.
+        INSTALL_FAILED.store(true, Relaxed);
+        if crate::sigshare::written() {
+            let mut act = old;
+            crate::sigshare::exchange(None).to_sigaction(&mut act);
+            // SAFETY: a valid sigaction for the chosen number.
+            unsafe { sigaction(chosen, &act, core::ptr::null_mut()) };
+        }
     }
 }
 
@@ -201,13 +222,11 @@ pub unsafe extern "C" fn rseqrt_interpose_sigprocmask(how: c_int, set: *const si
     unsafe { forward::<MaskFn, _>(&real::SIGPROCMASK, set, how != libc::SIG_UNBLOCK, |f, s| f(how, s, old), enosys) }
 }
 
-/// `sigaction(2)`: on the reserved signal's number, from the moment it is chosen (before
-/// rseqrt's constructor installs its handler, when a library initialized earlier read
-/// `SIGRTMAX`), sets and reports the program's own disposition (`sigshare`); other signals pass
-/// through. Async-signal-safe.
+/// `sigaction(2)`: on the number rseqrt shares with the program ([`shared`]), sets and reports
+/// the program's own disposition (`sigshare`); other signals pass through. Async-signal-safe.
 #[no_mangle]
 pub unsafe extern "C" fn rseqrt_interpose_sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
-    if sig == crate::rtsig::taken() && sig != 0 {
+    if shared(sig) {
         // SAFETY: the caller's pointers are null or valid sigactions.
         let new = unsafe { act.as_ref() }.map(crate::sigshare::Disposition::from_sigaction);
         let previous = crate::sigshare::exchange(new);
@@ -229,8 +248,8 @@ pub unsafe extern "C" fn rseqrt_interpose_sigaction(sig: c_int, act: *const libc
 /// does; glibc's own `signal()` would bypass rseqrt's `sigaction()`.
 #[no_mangle]
 pub unsafe extern "C" fn rseqrt_interpose_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
-    if sig == crate::rtsig::taken() && sig != 0 {
-        let new = crate::sigshare::Disposition { handler, flags: libc::SA_RESTART, mask: 1u64 << (sig - 1) };
+    if shared(sig) {
+        let new = crate::sigshare::Disposition { handler, flags: libc::SA_RESTART, mask: crate::sigshare::bit(sig) };
         return crate::sigshare::exchange(Some(new)).handler;
     }
     type F = unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;

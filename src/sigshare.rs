@@ -101,13 +101,18 @@ static HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
 static FLAGS: AtomicU32 = AtomicU32::new(0);
 static MASK: AtomicU64 = AtomicU64::new(0);
 
+/// The stored fields (read inside the sequence lock, or while holding it).
+fn fields() -> Disposition {
+    Disposition { handler: HANDLER.load(Relaxed), flags: FLAGS.load(Relaxed) as c_int, mask: MASK.load(Relaxed) }
+}
+
 /// The program's disposition now.
 pub fn load() -> Disposition {
     let mut spins = 0u32;
     loop {
         let before = SEQUENCE.load(Acquire);
         if before & 1 == 0 {
-            let d = Disposition { handler: HANDLER.load(Relaxed), flags: FLAGS.load(Relaxed) as c_int, mask: MASK.load(Relaxed) };
+            let d = fields();
             core::sync::atomic::fence(Acquire);
             if SEQUENCE.load(Relaxed) == before {
                 return d;
@@ -167,7 +172,7 @@ fn update(change: impl FnOnce(Disposition) -> Option<Disposition>) -> Dispositio
         }
     }
     core::sync::atomic::fence(Release);
-    let old = Disposition { handler: HANDLER.load(Relaxed), flags: FLAGS.load(Relaxed) as c_int, mask: MASK.load(Relaxed) };
+    let old = fields();
     if let Some(new) = change(old) {
         HANDLER.store(new.handler, Relaxed);
         FLAGS.store(new.flags as u32, Relaxed);
@@ -181,7 +186,8 @@ fn update(change: impl FnOnce(Disposition) -> Option<Disposition>) -> Dispositio
 /// glibc's internal signals (SIGCANCEL 32, SIGSETXID 33), which a handler must never block.
 const GLIBC_INTERNAL: u64 = (1 << 31) | (1 << 32);
 
-fn bit(sig: c_int) -> u64 {
+/// The bit of signal `sig` (1..=64) in a kernel signal mask.
+pub(crate) fn bit(sig: c_int) -> u64 {
     1u64 << (sig - 1)
 }
 

@@ -16,9 +16,9 @@
 //! other thread's `dlclose()` can free one while it is read.
 
 use crate::barrier::{self, Range};
-use crate::elf::{LinkMap, DT_NEEDED, DT_SONAME, DT_STRTAB};
+use crate::elf::LinkMap;
 use crate::platform::Errno;
-use core::ffi::{c_void, CStr};
+use core::ffi::c_void;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering::{Acquire, Relaxed, Release}};
 
@@ -154,30 +154,14 @@ unsafe fn candidates(handle: *const LinkMap, trust_open_counts: bool) -> Result<
     if !crate::elf::is_loaded_object(handle) {
         return Err(Unmaps::Nothing);
     }
-    fn add(objects: &mut [*const LinkMap; MAX_OBJECTS], count: &mut usize, m: *const LinkMap) -> Result<(), Unmaps> {
-        if !objects[..*count].contains(&m) {
-            *objects.get_mut(*count).ok_or(Unmaps::Everything)? = m;
-            *count += 1;
-        }
-        Ok(())
-    }
     let mut objects = [ptr::null::<LinkMap>(); MAX_OBJECTS];
-    let mut count = 0;
-    add(&mut objects, &mut count, handle)?;
+    objects[0] = handle;
+    let mut count = 1;
     // Certain: the handle's object and its DT_NEEDED closure, without the objects loaded at
     // startup (never unloaded: `permanent`), which are neither compared by name nor followed.
-    let mut next = 0;
-    while next < count {
-        // SAFETY: every entry is a loaded object of the loader's list, under its lock.
-        let needed = unsafe { needed_names(&*objects[next]) }.ok_or(Unmaps::Everything)?;
-        next += 1;
-        for name in needed.iter().flatten() {
-            // SAFETY: as above.
-            if let Some(dep) = unsafe { find_loaded(handle, name, crate::permanent::is_object) } {
-                add(&mut objects, &mut count, dep)?;
-            }
-        }
-    }
+    // SAFETY: `handle` is a loaded object, under the loader's lock.
+    unsafe { crate::elf::add_needed_closure(&mut objects, &mut count, crate::permanent::is_object) }
+        .map_err(|_| Unmaps::Everything)?;
     let certain = count;
     // Possible: everything else loaded after startup in the handle's namespace (the whole list
     // for a namespace other than the main one, all of which was loaded later).
@@ -194,7 +178,7 @@ unsafe fn candidates(handle: *const LinkMap, trust_open_counts: bool) -> Result<
         while !m.is_null() {
             let kept_open = trust_open_counts && crate::opencount::open_handles(m).is_some_and(|n| n > 0);
             if after_startup && m != handle && !kept_open {
-                add(&mut objects, &mut count, m)?;
+                crate::elf::add_object(&mut objects, &mut count, m).map_err(|_| Unmaps::Everything)?;
             }
             after_startup |= m == startup_last;
             m = (*m).l_next;
@@ -220,29 +204,25 @@ pub fn dlclose(handle: *mut c_void) -> Result<libc::c_int, Errno> {
     // open handle: when no thread refers to anything else, neither the walk nor the barrier is
     // needed. The first check needs no lock; the second reads open counts, which stay true only
     // while this close holds its turn (`CloseLock`, until the real dlclose() has returned).
-    let mut _closing = None;
-    if !barrier::only_lasting_memory_referred(None) {
-        crate::opencount::calibrate();
-        let lock = CloseLock::acquire();
-        let trust_open_counts = lock.held;
-        _closing = Some(lock);
-        let handle_map = handle as *const LinkMap;
-        let stays = |m: *const LinkMap| {
-            // The handle's own object is left to the walk (its count drops with this close).
-            // SAFETY: `quick` calls this with a loaded object's map while rseqrt's unloads wait.
-            m != handle_map && unsafe { crate::opencount::open_handles(m) }.is_some_and(|n| n > 0)
-        };
-        if trust_open_counts && barrier::only_lasting_memory_referred(Some(&stays)) {
-            return real_dlclose(handle);
-        }
-        let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
-        match dlclose_ranges(handle, &mut ranges, trust_open_counts) {
-            Unmaps::Objects { certain, possible } => {
-                barrier::clear_with_possible(&ranges[..certain], &ranges[certain..certain + possible], 0)?
-            }
-            Unmaps::Everything => barrier::clear_all(0)?,
-            Unmaps::Nothing => {}
-        }
+    if barrier::only_lasting_memory_referred(None) {
+        return real_dlclose(handle);
+    }
+    crate::opencount::calibrate();
+    let lock = CloseLock::acquire();
+    let handle_map = handle as *const LinkMap;
+    let stays = |m: *const LinkMap| {
+        // The handle's own object is left to the walk (its count drops with this close).
+        // SAFETY: `quick` calls this with a loaded object's map while rseqrt's unloads wait.
+        m != handle_map && unsafe { crate::opencount::open_handles(m) }.is_some_and(|n| n > 0)
+    };
+    if lock.held && barrier::only_lasting_memory_referred(Some(&stays)) {
+        return real_dlclose(handle);
+    }
+    let mut ranges = [Range { start: 0, end: 0 }; MAX_OBJECTS];
+    match dlclose_ranges(handle, &mut ranges, lock.held) {
+        Unmaps::Objects { certain, possible } => barrier::clear_with_possible(&ranges[..certain], &ranges[certain..certain + possible], 0)?,
+        Unmaps::Everything => barrier::clear_all(0)?,
+        Unmaps::Nothing => {}
     }
     real_dlclose(handle)
 }
@@ -305,11 +285,6 @@ impl CloseLock {
         }
     }
 
-    /// In a `fork()` child: the holder, if any, was another thread.
-    pub fn after_fork_child() {
-        CLOSE_DEPTH.store(0, Relaxed);
-        CLOSE_OWNER.store(0, Release);
-    }
 }
 
 impl Drop for CloseLock {
@@ -320,68 +295,8 @@ impl Drop for CloseLock {
     }
 }
 
-/// In a `fork()` child (see [`CloseLock`]).
+/// In a `fork()` child: the holder of the [`CloseLock`], if any, was another thread.
 pub fn after_fork_child() {
-    CloseLock::after_fork_child();
+    CLOSE_DEPTH.store(0, Relaxed);
+    CLOSE_OWNER.store(0, Release);
 }
-
-/// The `DT_NEEDED` names of `m`; `None` when it has more than fit.
-///
-/// # Safety
-/// `m` must be a loaded object.
-pub(crate) unsafe fn needed_names(m: &LinkMap) -> Option<[Option<&CStr>; 64]> {
-    let mut out = [None; 64];
-    // SAFETY: a loaded object's dynamic section and string table are mapped.
-    unsafe {
-        let Some(strtab) = m.dyn_ptr(DT_STRTAB) else { return Some(out) };
-        // DT_NEEDED values are offsets into the string table.
-        let mut d = m.l_ld;
-        let mut n = 0;
-        while !d.is_null() && (*d).d_tag != crate::elf::DT_NULL {
-            if (*d).d_tag == DT_NEEDED {
-                *out.get_mut(n)? = Some(CStr::from_ptr((strtab + (*d).d_val as usize) as *const libc::c_char));
-                n += 1;
-            }
-            d = d.add(1);
-        }
-    }
-    Some(out)
-}
-
-/// The loaded object, in the list `any` belongs to, whose SONAME or file name is `name`, among
-/// those `skip` does not name.
-///
-/// # Safety
-/// `any` must be a loaded object.
-pub(crate) unsafe fn find_loaded(any: *const LinkMap, name: &CStr, skip: impl Fn(*const LinkMap) -> bool) -> Option<*const LinkMap> {
-    let mut m = any;
-    // SAFETY: the loader's list; every element is a loaded object with mapped tables.
-    unsafe {
-        while !(*m).l_prev.is_null() {
-            m = (*m).l_prev;
-        }
-        while !m.is_null() {
-            let obj = &*m;
-            if skip(m) {
-                m = obj.l_next;
-                continue;
-            }
-            let soname = obj.dyn_val(DT_SONAME)
-                .zip(obj.dyn_ptr(DT_STRTAB))
-                .map(|(off, strtab)| CStr::from_ptr((strtab + off) as *const libc::c_char));
-            let path = (!obj.l_name.is_null()).then(|| CStr::from_ptr(obj.l_name.cast()).to_bytes());
-            // A DT_NEEDED entry with a slash names a path; otherwise a SONAME or a file name.
-            let matches = if name.to_bytes().contains(&b'/') {
-                path == Some(name.to_bytes())
-            } else {
-                soname == Some(name) || path.and_then(|p| p.rsplit(|&b| b == b'/').next()) == Some(name.to_bytes())
-            };
-            if matches {
-                return Some(m);
-            }
-            m = obj.l_next;
-        }
-    }
-    None
-}
-

@@ -46,5 +46,13 @@ const _: () = {
     assert!(size_of::<RseqrtArea>() <= crate::arch::TLS_AREA_RESERVED);
 };
 
+/// The memory the kernel touches through descriptor `cs` besides the descriptor itself: the
+/// critical section's code (`start_ip` up to `start_ip + post_commit_offset`) and the signature
+/// word before `abort_ip`, as `[start, end)` ranges (saturating at the ends of the address space).
+pub fn touched_ranges(cs: &rseq_cs) -> [(usize, usize); 2] {
+    let (start, abort) = (cs.start_ip as usize, cs.abort_ip as usize);
+    [(start, start.saturating_add(cs.post_commit_offset as usize)), (abort.saturating_sub(4), abort)]
+}
+
 /// `RSEQ_FLAG_UNREGISTER` for `rseq(2)`.
 pub const FLAG_UNREGISTER: u32 = rseq_flags_RSEQ_FLAG_UNREGISTER;

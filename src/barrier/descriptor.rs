@@ -12,7 +12,7 @@
 
 use crate::abi::rseq_cs;
 use crate::platform;
-use core::mem::{size_of, MaybeUninit};
+use core::mem::size_of;
 
 /// A half-open address range `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,28 +86,14 @@ impl<'a> Classifier<'a> {
 }
 
 fn descriptor_refers(addr: usize, ranges: &[Range]) -> bool {
-    let size = size_of::<rseq_cs>();
-    if ranges.iter().any(|r| r.overlaps(addr, addr.saturating_add(size))) {
+    if ranges.iter().any(|r| r.overlaps(addr, addr.saturating_add(size_of::<rseq_cs>()))) {
         return true;
     }
-    let cs = if crate::permanent::holds(addr, size) {
-        // SAFETY: the descriptor lies inside a readable segment of an object that is never
-        // unloaded, and outside the memory being freed (checked above); the kernel does not
-        // require its alignment, so neither does this read.
-        unsafe { core::ptr::read_unaligned(addr as *const rseq_cs) }
-    } else if let Some(cs) = crate::loaded::read_descriptor(addr) {
-        cs
-    } else {
-        let mut cs = MaybeUninit::<rseq_cs>::uninit();
-        // SAFETY: `cs` is a live local of `size` bytes.
-        match unsafe { platform::read_own_memory(cs.as_mut_ptr().cast(), addr, size) } {
-            Ok(n) if n == size => {}
-            _ => return true,
-        }
-        // SAFETY: the kernel filled all `size` bytes; every bit pattern is a valid rseq_cs.
-        unsafe { cs.assume_init() }
-    };
-    let (start, abort) = (cs.start_ip as usize, cs.abort_ip as usize);
-    let code_end = start.saturating_add(cs.post_commit_offset as usize);
-    ranges.iter().any(|r| r.overlaps(start, code_end) || r.overlaps(abort.saturating_sub(4), abort))
+    // Outside the memory being freed (checked above): permanent memory and loaded objects are
+    // read with a plain load, anything else with `process_vm_readv`.
+    let cs = crate::permanent::read_descriptor(addr)
+        .or_else(|| crate::loaded::read_descriptor(addr))
+        .or_else(|| platform::read_own::<rseq_cs>(addr));
+    let Some(cs) = cs else { return true };
+    crate::abi::touched_ranges(&cs).iter().any(|&(start, end)| ranges.iter().any(|r| r.overlaps(start, end)))
 }

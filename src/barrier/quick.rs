@@ -13,23 +13,14 @@
 //! object loaded later: see `loaded`).
 
 use super::read_cs;
-use crate::abi::rseq_cs;
 use crate::elf::LinkMap;
 use crate::registry::ReadGuard;
 use crate::{census, loaded, permanent, state};
-use core::mem::size_of;
 
 /// Whether a thread holding `value` can refer only to permanent memory.
 fn permanent_value(value: u64) -> bool {
-    let addr = value as usize;
-    if !permanent::holds(addr, size_of::<rseq_cs>()) {
-        return false;
-    }
-    // SAFETY: the descriptor lies inside a readable segment of an object never unloaded; the
-    // kernel does not require its alignment, so neither does this read.
-    let cs = unsafe { core::ptr::read_unaligned(addr as *const rseq_cs) };
-    let (start, abort) = (cs.start_ip as usize, cs.abort_ip as usize);
-    permanent::holds(start, cs.post_commit_offset as usize) && abort >= 4 && permanent::holds(abort - 4, 4)
+    permanent::read_descriptor(value as usize)
+        .is_some_and(|cs| crate::abi::touched_ranges(&cs).iter().all(|&(start, end)| permanent::holds(start, end - start)))
 }
 
 /// Whether no thread's `rseq_cs` can refer to memory other than permanent memory and, given
