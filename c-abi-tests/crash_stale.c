@@ -457,6 +457,11 @@ int main(int argc, char **argv)
         sigemptyset(&act.sa_mask);
         if (sigaction(TOP_SIGNAL, &act, NULL) != 0)
             die(2, "sigaction(%d): %s", TOP_SIGNAL, strerror(errno));
+        /* The row's premise: rseqrt's requests use the very number the program handles. */
+        int (*reserved)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "rseqrt_signal");
+        if (method != M_PLAIN && (!reserved || reserved() != TOP_SIGNAL))
+            die(2, "rseqrt's reserved signal is %d, not %d: the row would not test the sharing",
+                reserved ? reserved() : -1, TOP_SIGNAL);
     }
 
     pthread_t tid;

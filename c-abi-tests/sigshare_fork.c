@@ -9,7 +9,8 @@
  * number would wait for that writer for ever. One thread sets the disposition to one of two
  * handlers in a loop; the main thread forks FORKS times; each child raises the number and must
  * run one of the two handlers, then exit 0. A child that has not exited after 2 s is killed and
- * counts as hung (a child that runs a handler exits within a millisecond). Exit 0: every child ran a handler; 1: some child hung or failed; 2: setup. */
+ * counts as hung (a child that runs a handler exits within a millisecond). Exit 0: every child
+ * ran a handler; 1: some child hung or failed; 2: setup. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -102,7 +103,7 @@ int main(int argc, char **argv)
     }
     atomic_store(&stop, 1);
     pthread_join(t, NULL);
-    printf("%d forks while another thread made %ld sigaction() calls on signal %d: %d children hung, %d failed\n",
+    printf("forks: %d while another thread made %ld sigaction() calls on signal %d: %d children hung, %d failed\n",
            forks, atomic_load(&writes), reserved, hung, failed);
     return hung || failed ? 1 : 0;
 }

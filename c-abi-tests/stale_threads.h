@@ -84,8 +84,6 @@ static inline void *stale_main(void *arg)
             return NULL;
         char b = 'q';
         if (st->kind == ST_SPIN) {
-            int r = atomic_load(&st->round);
-            (void)r;
             while (!atomic_load_explicit(&st->stop, memory_order_relaxed))
                 __builtin_ia32_pause();
             st->self_seen = rseq_cs_current();

@@ -75,6 +75,18 @@ static inline void check(int ok, const char *fmt, ...)
     printf("ok   %s\n", msg);
 }
 
+/* A line for what the scenario got to (no condition: the steps before it were the checks). */
+static inline void reached(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static inline void reached(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf("ok   ");
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+}
+
 static inline double now_ms(void)
 {
     struct timespec ts;

@@ -187,7 +187,7 @@ fn seccomp_exec_removes_rseq() {
 
 fn copy_relocations(build: Build) {
     if build == Build::Plain && !support::scenario::glibc_registers() {
-        println!("skip: glibc {:?} defines no __rseq_offset: a plain program has nothing to copy", support::scenario::glibc_version());
+        support::skip(&format!("glibc {:?} defines no __rseq_offset: a plain program has nothing to copy", support::scenario::glibc_version()));
         return;
     }
     let program = registration_program(build);
@@ -215,7 +215,7 @@ fn linked_program_has_copy_relocations() {
 fn header(cxx: bool, sys_rseq_first: bool) {
     if sys_rseq_first && !support::scenario::glibc_registers() {
         let (a, b) = support::scenario::glibc_version();
-        println!("skip: glibc {a}.{b} has no <sys/rseq.h> (2.35+): nothing to agree with");
+        support::skip(&format!("glibc {a}.{b} has no <sys/rseq.h> (2.35+): nothing to agree with"));
         return;
     }
     let stage = stage();
@@ -471,7 +471,7 @@ fn environment_ignored_in_secure_mode() {
     std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).expect("chmod u+s");
     // SAFETY: getuid has no preconditions.
     if unsafe { libc::getuid() } != 0 {
-        println!("skip: not root: cannot make a set-user-ID root program");
+        support::skip("not root: cannot make a set-user-ID root program");
         return;
     }
     let env = [("RSEQRT_REGISTER", "0"), ("RSEQRT_SIGNAL", "40"), ("GLIBC_TUNABLES", "glibc.pthread.rseq=0")];

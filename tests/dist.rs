@@ -15,7 +15,7 @@ fn dist_tree() -> Option<PathBuf> {
     match std::env::var_os("RSEQRT_STAGE") {
         Some(dir) => Some(PathBuf::from(dir)),
         None => {
-            println!("skip: RSEQRT_STAGE is unset: this test checks an unpacked `make dist` tree (make check-dist)");
+            support::skip("RSEQRT_STAGE is unset: this test checks an unpacked `make dist` tree (make check-dist)");
             None
         }
     }

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::scenario::{case, finish, go, Case, Expect, Mode, Suite, modes};
-use support::{c_test_source, compile, seccomp_exec, stage, tests_build_dir, CompileSpec, Stage};
+use support::{c_test_source, compile, compile_linked, seccomp_exec, stage, tests_build_dir, CompileSpec, Stage};
 
 const CHILD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -81,15 +81,7 @@ fn programs() -> &'static Programs {
         );
         let early_lib = shared("libregress_early.so", "regress_early.c", &["-Wl,-soname,libregress_early.so"]);
         let slowshim = shared("libregress_slowshim.so", "regress_slowshim.c", &[]);
-        let cases_program = |name: &str| {
-            compile(
-                &CompileSpec::new(name, &[src(&format!("{name}.c"))])
-                    .cflags(&warn)
-                    .cflags(&cflags)
-                    .libs(&libs)
-                    .libs(&["-pthread", "-ldl"]),
-            )
-        };
+        let cases_program = |name: &str| compile_linked(name, &format!("{name}.c"));
         let cases = cases_program("regress_cases");
         let unload = cases_program("regress_unload_cases");
         let sigmask = cases_program("regress_sigmask_cases");
@@ -337,11 +329,11 @@ fn temporary_signal_masks() {
     // The C library's own functions behind these came in glibc 2.35 and 2.32.
     match glibc >= (2, 35) {
         true => cases.push(case("tempmask", &["epoll_pwait2"])),
-        false => println!("skip  tempmask epoll_pwait2: glibc {}.{} has no epoll_pwait2 (2.35+)", glibc.0, glibc.1),
+        false => support::skip(&format!("tempmask epoll_pwait2: glibc {}.{} has no epoll_pwait2 (2.35+)", glibc.0, glibc.1)),
     }
     match glibc >= (2, 32) {
         true => cases.push(case("attrmask", &[])),
-        false => println!("skip  attrmask: glibc {}.{} has no pthread_attr_setsigmask_np (2.32+)", glibc.0, glibc.1),
+        false => support::skip(&format!("attrmask: glibc {}.{} has no pthread_attr_setsigmask_np (2.32+)", glibc.0, glibc.1)),
     }
     run_cases("temporary signal masks", &programs().sigmask, &cases);
 }

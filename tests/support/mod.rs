@@ -20,6 +20,13 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Says that (part of) a test was skipped, and why, where `make check` shows it: on the process's
+/// standard error directly, which cargo's capture of a passing test's output does not hold back.
+pub fn skip(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skip  {why}");
+}
+
 /// Where test programs and their run logs go.
 pub fn tests_build_dir() -> PathBuf {
     let dir = repo_root().join("build").join("tests");

@@ -53,7 +53,7 @@ pub fn modes() -> &'static [Mode] {
     } else {
         SAID.call_once(|| {
             let (a, b) = glibc_version();
-            println!("note  glibc {a}.{b} registers no rseq: no [glibc-owner] rows; rseqrt owns with no setting");
+            super::skip(&format!("[glibc-owner] rows: glibc {a}.{b} registers no rseq (rseqrt owns with no setting)"));
         });
         &[Mode::Own]
     }
