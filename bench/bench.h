@@ -33,6 +33,9 @@ extern struct worker *workers;
 extern int nworkers;
 
 uint64_t now_ns(void);
+/* FRESH_PAGES_LEN bytes of new anonymous memory, every page touched. */
+enum { FRESH_PAGES_LEN = 16 * 4096 };
+char *fresh_pages(void);
 void die(const char *what);
 double median(uint64_t *v, int n);
 /* Prints "KEY MEDIAN" (one repetition's median of n samples). */

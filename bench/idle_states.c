@@ -27,7 +27,8 @@
  * raw system call, which the shim does not see) and preloaded_munmap (the shim's munmap()).
  * Each repetition runs ITERS dlclose pairs, then ITERS munmap pairs. A call may wake the idle
  * threads (the kernel then clears their rseq_cs): before each floor-and-call pair, a state found
- * lost is put back (outside the timing; then 2 ms for the threads to go back to sleep). Info lines: "# held_min N", "# held_max N": fewest and most idle threads holding a
+ * lost is put back (outside the timing; then 2 ms for the threads to go back to sleep). Info lines:
+ * "# held_min N", "# held_max N": fewest and most idle threads holding a
  * non-zero rseq_cs, counted at the start and end of every repetition, before any put-back (THREADS
  * for main, lib and dlopen, 0 for zero); "# restored N": how many pairs found the state lost,
  * that is, how many times a call of the previous pair had woken the threads; "# failed_dlclose N",
@@ -105,18 +106,6 @@ static void *load_plugin(const char *plugin)
     return h;
 }
 
-/* 16 touched anonymous pages. */
-enum { MAP_LEN = 16 * 4096 };
-
-static char *fresh_pages(void)
-{
-    char *p = mmap(NULL, MAP_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        die("mmap");
-    for (size_t o = 0; o < MAP_LEN; o += 4096)
-        p[o] = 1;
-    return p;
-}
 
 static void check(int rc, const char *what)
 {
@@ -169,7 +158,7 @@ static void measure(const char *plugin, int preload, int dl, int (*fn)(long *), 
     keep_state(fn, held);
     char *p = fresh_pages();
     t0 = now_ns();
-    int rc = preload ? (int)syscall(SYS_munmap, p, MAP_LEN) : munmap(p, MAP_LEN);
+    int rc = preload ? (int)syscall(SYS_munmap, p, FRESH_PAGES_LEN) : munmap(p, FRESH_PAGES_LEN);
     t1 = now_ns();
     load_every_rseq_cs();
     t2 = now_ns();
@@ -179,11 +168,11 @@ static void measure(const char *plugin, int preload, int dl, int (*fn)(long *), 
 
     p = fresh_pages();
     t0 = now_ns();
-    rc = preload ? munmap(p, MAP_LEN) : rseqrt_munmap(p, MAP_LEN);
+    rc = preload ? munmap(p, FRESH_PAGES_LEN) : rseqrt_munmap(p, FRESH_PAGES_LEN);
     t1 = now_ns();
     if (rc != 0) {
         count_failure(0);
-        check((int)syscall(SYS_munmap, p, MAP_LEN), "munmap after a failed one");
+        check((int)syscall(SYS_munmap, p, FRESH_PAGES_LEN), "munmap after a failed one");
     }
     s[MM_CALL][i] = t1 - t0;
 }

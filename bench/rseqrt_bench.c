@@ -136,6 +136,16 @@ void start_workers(int n)
         cs_addrs[i] = atomic_load(&workers[i].rseq_cs);
 }
 
+char *fresh_pages(void)
+{
+    char *p = mmap(NULL, FRESH_PAGES_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        die("mmap");
+    for (size_t o = 0; o < FRESH_PAGES_LEN; o += 4096)
+        p[o] = 1;
+    return p;
+}
+
 /* Four independent sums and no test per thread: of the loops tried, the fastest at 1,000 threads
  * (6.0 us against 8.0 us for one sum with a NULL test per entry; all alike at 10,000). */
 uint64_t load_every_rseq_cs(void)
@@ -397,18 +407,14 @@ void check_munmap_interposed(void)
 static void bench_munmap(int threads, int reps, int iters, int preload)
 {
     start_workers(threads);
-    const size_t len = 16 * 4096;
+    const size_t len = FRESH_PAGES_LEN;
     uint64_t *a = calloc((size_t)iters, 8), *b = calloc((size_t)iters, 8);
     if (preload)
         check_munmap_interposed();
     for (int r = 0; r < reps; r++) {
         for (int i = 0; i < iters; i++) {
             for (int m = 0; m < 2; m++) {
-                char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-                if (p == MAP_FAILED)
-                    die("mmap");
-                for (size_t o = 0; o < len; o += 4096)
-                    p[o] = 1;
+                char *p = fresh_pages();
                 uint64_t t0 = now_ns();
                 int rc;
                 if (preload)

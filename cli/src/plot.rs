@@ -1,5 +1,6 @@
 //! The benchmark's plot, barrier-latency.svg: the barrier's latency against the thread count,
-//! beside its floor (one load of every thread's `rseq_cs`) and its alternatives, a log-log line chart drawn from results.json (right after measuring, or later with
+//! beside its floor (one load of every thread's `rseq_cs`) and its alternatives, a log-log line
+//! chart drawn from results.json (right after measuring, or later with
 //! `bench --replot`) with plotters' SVG backend. The SVG names its fonts and leaves their
 //! rendering to the viewer, so the command needs no font library.
 //!
@@ -76,15 +77,19 @@ fn decade_label(exp: i32) -> String {
     if exp < 0 {
         return format!("0.{}1", "0".repeat((-exp - 1) as usize));
     }
-    let digits = format!("1{}", "0".repeat(exp as usize));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
+    thousands(10usize.pow(exp as u32))
+}
+
+/// `n` with its thousands separated by commas: "10,000".
+pub fn thousands(n: usize) -> String {
+    let d = n.to_string();
+    d.chars().enumerate().fold(String::new(), |mut s, (i, c)| {
+        if i > 0 && (d.len() - i) % 3 == 0 {
+            s.push(',');
         }
-        out.push(c);
-    }
-    out
+        s.push(c);
+        s
+    })
 }
 
 /// A tick's label: its decade's label when the value is a power of ten (the only labelled ticks).

@@ -7,6 +7,7 @@
 
 use super::stats::{median, ratio_s, us, Samples, SamplesJson, Target};
 use super::{a, run_prog, Programs};
+use crate::plot::thousands;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -258,18 +259,6 @@ impl Idle {
             })
             .collect()
     }
-}
-
-/// "10,000".
-fn thousands(n: usize) -> String {
-    let d = n.to_string();
-    d.chars().enumerate().fold(String::new(), |mut s, (i, c)| {
-        if i > 0 && (d.len() - i) % 3 == 0 {
-            s.push(',');
-        }
-        s.push(c);
-        s
-    })
 }
 
 /// One state at one thread count in results.json.
