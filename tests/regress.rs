@@ -314,9 +314,10 @@ fn rseq_refused_by_seccomp_eperm() {
 /// 7. Temporary signal masks: a stale thread waits in ppoll / pselect / epoll_pwait /
 /// epoll_pwait2 / sigsuspend with a full mask (sigfillset), or was started with
 /// pthread_attr_setsigmask_np(full): its SigBlk lacks the reserved signal, and rseqrt_munmap of
-/// its descriptor's page returns 0 in under 15 ms (the barrier's own signal reached it; glibc's
-/// broadcast, which the old library needed, starts at 20 ms), best of 3 tries; the thread then
-/// wakes and the process survives (plain munmap: SIGSEGV).
+/// its descriptor's page returns 0 with glibc's broadcast refused (a seccomp filter on
+/// `setresuid`), so the barrier's own signal reached it (the old library needed the broadcast,
+/// and with it refused fails with EPERM, as it does with the interposers' mask change taken out),
+/// best of 3 tries; the thread then wakes and the process survives (plain munmap: SIGSEGV).
 #[test]
 fn temporary_signal_masks() {
     let glibc = support::scenario::glibc_version();
