@@ -127,10 +127,12 @@ pub extern "C" fn rseqrt_signal() -> c_int {
     crate::reserved_signal()
 }
 
-/// The rseq-clear barrier over `[addr, addr + len)`: on return 0, no thread's `rseq_cs` refers
-/// to the range (its descriptor, its code, or its abort signature lies there), and no kernel
-/// read of such a descriptor is in flight; critical sections in the range that were running are
-/// aborted. -1 with errno: EINVAL (unknown flag, or `len` 0), ETIMEDOUT (a thread did not
+/// The rseq-clear barrier over `[addr, addr + len)`: on return 0, no thread holds a stale
+/// `rseq_cs` that refers to the range (its descriptor, its code, or its abort signature lies
+/// there): each one that did when the barrier looked has been changed by the thread's own
+/// kernel, so no kernel read of such a descriptor is in flight or left to come; critical
+/// sections in the range that were running are aborted. A thread that enters one of the range's
+/// critical sections during the call is still using the memory, which must not be freed then. -1 with errno: EINVAL (unknown flag, or `len` 0), ETIMEDOUT (a thread did not
 /// respond within `RSEQRT_TIMEOUT_MS`), EAGAIN (with `RSEQRT_CLEAR_SIGNAL_SAFE`, a thread could
 /// only be reached unsafely).
 ///

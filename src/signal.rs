@@ -8,10 +8,12 @@
 //!
 //! Delivering the signal is what makes the thread's own kernel process its `rseq_cs` (abort a
 //! running critical section, then clear the field) before the handler runs. For the barrier's
-//! requests ([`request`]) the handler only acknowledges: the request names the thread and its
-//! registry slot, and the handler records the current acknowledgement generation there (and in
-//! a cell of its thread id, for rounds that know a thread by its id only) and counts itself
-//! handled; every other signal of the number goes to the program's disposition. It is
+//! requests ([`request`]) the handler at most acknowledges, as the request says ([`Ack`]): not
+//! at all when the barrier watches the thread's `rseq_cs` (the common case: the handler then
+//! writes no memory, since a store every handler makes to one shared line costs the woken threads
+//! more than the naive broadcast's handlers pay), or by recording the current acknowledgement
+//! generation in the thread's registry slot, or in a cell of its thread id for rounds that know
+//! a thread by its id only. Every other signal of the number goes to the program's disposition. It is
 //! installed with `SA_RESTART`, so interrupted system calls resume (calls that never restart, such as `sigtimedwait()`,
 //! `nanosleep()` or `epoll_wait()`, return EINTR, as with glibc's own SIGSETXID), and it makes
 //! no call that sets `errno`: async-signal-safe, allocation-free, errno kept.
@@ -40,17 +42,43 @@ fn shared(sig: c_int) -> bool {
 }
 
 /// Acknowledgement cells, indexed by thread id modulo their number: (tid << 32) | generation.
-/// (Threads LIVE in the registry acknowledge in their slots too: `registry::acknowledged`.)
+/// (Requests that name a registry slot are acknowledged there: `registry::acknowledged`.)
 const ACK_CELLS: usize = 4096;
 static ACKS: [AtomicU64; ACK_CELLS] = [const { AtomicU64::new(0) }; ACK_CELLS];
 static ACK_GENERATION: AtomicU32 = AtomicU32::new(0);
-/// Runs of the handler so far (wrapping): a waiting barrier looks at every thread it signalled
-/// again only when enough have run, instead of polling thousands of fields.
-static HANDLED: AtomicU32 = AtomicU32::new(0);
 
-/// Runs of the reserved signal's handler so far, in every thread (wrapping).
-pub fn handled() -> u32 {
-    HANDLED.load(SeqCst)
+/// What the handler records for a request, carried in its `si_uid`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Ack {
+    /// Nothing: the barrier watches the thread's `rseq_cs`, which its kernel changes as it
+    /// delivers the signal.
+    None,
+    /// The generation, in the cell of the thread id ([`acknowledged`]).
+    Cell,
+    /// The generation, in this registry slot (`registry::acknowledged`).
+    Slot(usize),
+}
+
+/// `si_uid` of a request that wants no acknowledgement (0: the cell; n: slot n - 1).
+const UID_NO_ACK: u32 = u32::MAX;
+
+impl Ack {
+    fn to_uid(self) -> u32 {
+        match self {
+            Ack::None => UID_NO_ACK,
+            Ack::Cell => 0,
+            // Slots are far fewer than u32::MAX - 1 (a slot per thread).
+            Ack::Slot(idx) => idx as u32 + 1,
+        }
+    }
+
+    fn from_uid(uid: u32) -> Ack {
+        match uid {
+            UID_NO_ACK => Ack::None,
+            0 => Ack::Cell,
+            n => Ack::Slot(n as usize - 1),
+        }
+    }
 }
 
 extern "C" fn on_reserved_signal(sig: c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
@@ -63,30 +91,26 @@ extern "C" fn on_reserved_signal(sig: c_int, info: *mut libc::siginfo_t, context
 }
 
 /// Records that the calling thread ran the handler for `request`, which names the thread it was
-/// sent to (only that thread can take it: the signal is thread-directed) and its registry slot.
-/// So the handler needs neither `gettid` nor TLS, which a `clone()` thread sharing its parent's
-/// thread pointer would read as its parent's. The acknowledgement goes to the slot when it is
-/// LIVE with that thread (its own: thousands of threads acknowledge at once without sharing), and
-/// to the cell of the thread id (rounds that know a thread by its id only; threads share cells,
-/// and a round resends when an acknowledgement was overwritten). Async-signal-safe: loads and
-/// stores.
+/// sent to (only that thread can take it: the signal is thread-directed) and where to
+/// acknowledge. So the handler needs neither `gettid` nor TLS, which a `clone()` thread sharing
+/// its parent's thread pointer would read as its parent's. A slot is acknowledged when it is
+/// LIVE with that thread (its own line: thousands of threads acknowledge at once without
+/// sharing); a cell is shared by the thread ids equal modulo [`ACK_CELLS`] (a round resends when
+/// an acknowledgement was overwritten). Async-signal-safe: loads and at most one store.
 fn acknowledge(request: &crate::platform::QueuedSiginfo) {
-    let generation = ACK_GENERATION.load(SeqCst);
     let tid = request.pid;
-    if let Some(idx) = (request.uid as usize).checked_sub(1) {
-        crate::registry::acknowledge(idx, tid, generation);
+    match Ack::from_uid(request.uid) {
+        Ack::None => {}
+        Ack::Cell => ACKS[ack_cell(tid)].store(((tid as u32 as u64) << 32) | ACK_GENERATION.load(SeqCst) as u64, SeqCst),
+        Ack::Slot(idx) => crate::registry::acknowledge(idx, tid, ACK_GENERATION.load(SeqCst)),
     }
-    ACKS[ack_cell(tid)].store(((tid as u32 as u64) << 32) | generation as u64, SeqCst);
-    HANDLED.fetch_add(1, SeqCst);
 }
 
-/// Sends the barrier's request to thread `tid` of process `pid`, whose registry slot is `slot`
-/// when known: the reserved signal, queued with the value that tells the handler it is rseqrt's
-/// (`sigshare`), the target thread id as `si_pid` and the slot + 1 (0: none) as `si_uid`.
-/// Async-signal-safe.
-pub fn request(pid: i32, tid: i32, slot: Option<usize>) -> crate::platform::SysResult<()> {
-    let slot_word = slot.map_or(0, |s| s as u32 + 1);
-    crate::platform::tgsigqueueinfo(pid, tid, reserved(), libc::SI_QUEUE, tid, slot_word, crate::sigshare::request_value())
+/// Sends the barrier's request to thread `tid` of process `pid`: the reserved signal, queued
+/// with the value that tells the handler it is rseqrt's (`sigshare`), the target thread id as
+/// `si_pid` and what to acknowledge ([`Ack`]) as `si_uid`. Async-signal-safe.
+pub fn request(pid: i32, tid: i32, ack: Ack) -> crate::platform::SysResult<()> {
+    crate::platform::tgsigqueueinfo(pid, tid, reserved(), libc::SI_QUEUE, tid, ack.to_uid(), crate::sigshare::request_value())
 }
 
 /// The acknowledgement cell of thread `tid` (two threads sharing one must not be signalled in

@@ -83,8 +83,8 @@ fn run(tids: &[(i32, usize)], escalate: bool, flags: u32, deadline: &impl Fn() -
     let mut done = [false; ROUND];
     loop {
         for (i, &(tid, slot)) in tids.iter().enumerate() {
-            let slot = (slot != NO_SLOT).then_some(slot);
-            if !done[i] && sig != 0 && signal::request(pid, tid, slot) == Err(Errno(libc::ESRCH)) {
+            let ack = if slot == NO_SLOT { signal::Ack::Cell } else { signal::Ack::Slot(slot) };
+            if !done[i] && sig != 0 && signal::request(pid, tid, ack) == Err(Errno(libc::ESRCH)) {
                 done[i] = true;
             }
         }

@@ -1,0 +1,82 @@
+//! SIGNAL's wait: which signalled suspects still refer to the memory, seen in their `rseq_cs`
+//! fields. A thread's kernel changes its field as it delivers the signal, before the handler
+//! runs; the handlers themselves write nothing the barrier reads (`signal::Ack::None`).
+//!
+//! Suspects take the signal roughly in the order they were sent it, so each look starts at the
+//! front of that order and stops once [`WINDOW`] fields still refer: a barrier over thousands
+//! reads the fields just behind the delivering, a few per yield, instead of every pending field
+//! on every yield (which would take the CPU the signalled threads need) or none until all are
+//! done (which would leave the whole pass, a cache miss per thread, for the end). A suspect seen
+//! cleared is marked, not moved; [`Watch::compact`] closes the gaps before the suspects are
+//! signalled again or handed to another state.
+//!
+//! Guarantees: async-signal-safe, allocation-free (it works in the caller's array).
+
+use super::{read_cs, Classifier, Suspect};
+
+/// Fields that still refer after which a look stops. With this many pending or fewer, every one
+/// is looked at on every yield: the barrier ends as soon as the last field changes.
+pub(super) const WINDOW: usize = 16;
+
+/// A suspect seen cleared: its area is never null otherwise (the scan skips those).
+fn seen_cleared(s: &Suspect) -> bool {
+    s.area.is_null()
+}
+
+/// The state of one wait over `pending[..len]`, in the order the signals were sent.
+pub(super) struct Watch {
+    len: usize,
+    /// Every suspect before this one was seen cleared.
+    front: usize,
+    /// Suspects not yet seen cleared.
+    left: usize,
+}
+
+impl Watch {
+    pub(super) fn new(len: usize) -> Watch {
+        Watch { len, front: 0, left: len }
+    }
+
+    /// Suspects not yet seen cleared.
+    pub(super) fn left(&self) -> usize {
+        self.left
+    }
+
+    /// Looks at fields from the front until [`WINDOW`] of them still refer; returns how many it
+    /// saw cleared.
+    pub(super) fn look(&mut self, pending: &mut [Suspect], classify: &mut Classifier<'_>) -> usize {
+        let (mut referring, mut cleared) = (0, 0);
+        let mut i = self.front;
+        while i < self.len && referring < WINDOW {
+            let s = &mut pending[i];
+            if !seen_cleared(s) {
+                if classify.refers(read_cs(s.area)) {
+                    referring += 1;
+                } else {
+                    s.area = core::ptr::null_mut();
+                    cleared += 1;
+                }
+            }
+            if i == self.front && seen_cleared(s) {
+                self.front += 1;
+            }
+            i += 1;
+        }
+        self.left -= cleared;
+        cleared
+    }
+
+    /// Moves the suspects not yet seen cleared to the front of `pending`, in order; returns how
+    /// many there are. The watch then starts afresh over them.
+    pub(super) fn compact(&mut self, pending: &mut [Suspect]) -> usize {
+        let mut kept = 0;
+        for i in self.front..self.len {
+            if !seen_cleared(&pending[i]) {
+                pending[kept] = pending[i];
+                kept += 1;
+            }
+        }
+        *self = Watch::new(kept);
+        kept
+    }
+}
