@@ -57,7 +57,10 @@ impl<'a> Classifier<'a> {
         Classifier { target, last: (0, false), seen: [(0, false); CACHE], len: 0, next: 0 }
     }
 
-    /// Whether a thread whose `rseq_cs` holds `value` must be cleared.
+    /// Whether a thread whose `rseq_cs` holds `value` must be cleared. Inline for the common
+    /// answers (0, or the value just judged: idle threads mostly hold the same one), so that the
+    /// scan's loop stays short and keeps many of its loads in flight.
+    #[inline(always)]
     pub fn refers(&mut self, value: u64) -> bool {
         if value == 0 {
             return false;
@@ -65,6 +68,12 @@ impl<'a> Classifier<'a> {
         if value == self.last.0 {
             return self.last.1;
         }
+        self.judge(value)
+    }
+
+    /// [`refers`](Self::refers) for a value other than the last one.
+    #[inline(never)]
+    fn judge(&mut self, value: u64) -> bool {
         let ranges = match self.target {
             Target::All => return true,
             Target::Ranges([]) => return false,
