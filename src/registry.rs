@@ -281,6 +281,11 @@ impl ReadGuard {
         self.for_each_live_slot(|_, tid, area| f(tid, area));
     }
 
+    /// Whether `f(area)` holds for every LIVE slot's area; stops at the first that it does not.
+    pub fn all_live(&self, mut f: impl FnMut(*mut RseqrtArea) -> bool) -> bool {
+        slots_while(|_, s| s.state.load(SeqCst) != LIVE || f(s.area.load(Relaxed)))
+    }
+
     /// Calls `f(slot, tid, area)` for every LIVE slot.
     pub fn for_each_live_slot(&self, mut f: impl FnMut(SlotIndex, i32, *mut RseqrtArea)) {
         for_each_slot(|idx, s| {
@@ -301,9 +306,18 @@ impl ReadGuard {
     }
 }
 
-/// Calls `f(index, slot)` for every slot handed out so far, chunk by chunk (a tight loop over
-/// each chunk keeps many of the loads in flight).
+/// Calls `f(index, slot)` for every slot handed out so far.
 fn for_each_slot(mut f: impl FnMut(SlotIndex, &Slot)) {
+    slots_while(|idx, s| {
+        f(idx, s);
+        true
+    });
+}
+
+/// Calls `f(index, slot)` for the slots handed out so far, chunk by chunk (a tight loop over
+/// each chunk keeps many of the loads in flight), until it returns false; returns whether it
+/// never did.
+fn slots_while(mut f: impl FnMut(SlotIndex, &Slot) -> bool) -> bool {
     let high = HIGH_WATER.load(Acquire);
     for (c, cell) in CHUNKS.iter().enumerate().take(high.div_ceil(CHUNK_SLOTS)) {
         let chunk = cell.load(Acquire);
@@ -313,9 +327,12 @@ fn for_each_slot(mut f: impl FnMut(SlotIndex, &Slot)) {
         // SAFETY: a published chunk is a valid, never-unmapped array of slots (see `slot`).
         let slots = unsafe { &(&*chunk)[..(high - c * CHUNK_SLOTS).min(CHUNK_SLOTS)] };
         for (i, s) in slots.iter().enumerate() {
-            f(c * CHUNK_SLOTS + i, s);
+            if !f(c * CHUNK_SLOTS + i, s) {
+                return false;
+            }
         }
     }
+    true
 }
 
 impl Drop for ReadGuard {

@@ -32,25 +32,29 @@ pub fn only_lasting_memory_referred(stays: Option<&dyn Fn(*const LinkMap) -> boo
     let lasts = |value: u64| {
         permanent_value(value) || stays.is_some_and(|stays| loaded::refers_only_within_object(value as usize, stays))
     };
-    // The last value judged (most threads hold the same one), and whether every value so far
-    // referred only to lasting memory.
+    // The last value judged (most threads hold the same one, and it lasted), and whether the
+    // caller's own value lasts.
     let (mut last, mut ok) = (0u64, true);
     let mine = read_cs(state::current_area());
     if mine != 0 {
         ok = lasts(mine);
         last = mine;
     }
+    if !ok {
+        return false;
+    }
     let guard = ReadGuard::new();
-    guard.for_each_live(|_, area| {
-        // Once one value fails, the rest are not read: the full barrier scans again anyway.
-        if !ok || area.is_null() {
-            return;
+    // The walk stops at the first value that fails: the full barrier scans again anyway.
+    let ok = guard.all_live(|area| {
+        if area.is_null() {
+            return true;
         }
         let value = read_cs(area);
         if value != 0 && value != last {
-            ok = lasts(value);
             last = value;
+            return lasts(value);
         }
+        true
     });
     ok && census::all_threads_known(&guard)
 }
