@@ -27,7 +27,7 @@
  * raw system call, which the shim does not see) and preloaded_munmap (the shim's munmap()).
  * Each repetition runs ITERS dlclose pairs, then ITERS munmap pairs. A call may wake the idle
  * threads (the kernel then clears their rseq_cs): before each floor-and-call pair, a state found
- * lost is put back (outside the timing; then 2 ms for the threads to go back to sleep). Info lines:
+ * lost is put back (outside the timing, until every thread sleeps again). Info lines:
  * "# held_min N", "# held_max N": fewest and most idle threads holding a
  * non-zero rseq_cs, counted at the start and end of every repetition, before any put-back (THREADS
  * for main, lib and dlopen, 0 for zero); "# restored N": how many pairs found the state lost,
@@ -37,6 +37,8 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,13 +62,42 @@ static int main_cs(long *counters)
     return rseq_cs_inc(counters);
 }
 
-/* Puts every worker in the state (fn: the critical section to have run; NULL for zero). A worker
- * preempted between its critical section and its sleep has its rseq_cs cleared by the kernel:
- * run it again then. */
+/* Whether thread TID is asleep (state S: blocked, here in sem_wait()). */
+static int asleep(pid_t tid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] == 'S';
+}
+
+/* Waits (up to 2 s) until every worker is asleep. */
+static void wait_asleep(void)
+{
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < nworkers; i++)
+        while (!asleep(atomic_load(&workers[i].tid)) && now_ns() - t0 < 2000000000ull)
+            sched_yield();
+}
+
+/* Puts every worker in the state (fn: the critical section to have run; NULL for zero), asleep.
+ * A worker preempted between its critical section and its sleep has its rseq_cs cleared by the
+ * kernel when it runs again: so the state is counted only once every worker sleeps, and the
+ * critical sections run again if one was lost (a count right after the acknowledgements missed
+ * that now and then with 1,000 threads, and the state was found lost in the measurement). */
 static void hold_state(int (*fn)(long *))
 {
     for (int tries = 0; fn && tries < 5; tries++) {
         make_stale(nworkers, fn);
+        wait_asleep();
         if (count_stale() == nworkers)
             return;
     }
@@ -92,8 +123,6 @@ static void keep_state(int (*fn)(long *), struct held *h)
         return;
     h->restored++;
     hold_state(fn);
-    for (uint64_t t0 = now_ns(); now_ns() - t0 < 2 * 1000 * 1000;)
-        sched_yield(); /* the threads go back to sleep (yielding, not sleeping: the CPU stays awake) */
 }
 
 static void *load_plugin(const char *plugin)

@@ -57,6 +57,11 @@ pub fn adopt_current_thread(idx: SlotIndex, tid: i32) {
     }
     // SAFETY: the TLS slot word belongs to this thread.
     unsafe { *arch::tls_slot() = idx as u64 + 1 };
+    // An area registered before (by glibc, or by the program: `rseqrt_register_current_thread()`
+    // adopting it) may hold a stale `rseq_cs`. A barrier that scanned before this entry missed
+    // the thread, and its look for unknown threads, after, finds it known: so the thread clears
+    // its own field first (it is in rseqrt's code, outside any critical section).
+    clear_own_rseq_cs();
     registry::activate(idx, tid, state::current_area());
 }
 

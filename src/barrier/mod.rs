@@ -347,11 +347,19 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
         sent = true;
         let mut watch = Watch::new(left);
         loop {
-            let cleared = watch.look(&mut pending[..left], classify);
+            let mut cleared = watch.look(&mut pending[..left], classify, watch::WINDOW);
             if watch.left() == 0 {
                 return Ok(());
             }
             let now = platform::monotonic_ns();
+            if cleared == 0 && now >= yield_until {
+                // Before sleeping, resending or escalating: threads behind the front ones, which
+                // have not changed, may have.
+                cleared = watch.look(&mut pending[..left], classify, usize::MAX);
+                if watch.left() == 0 {
+                    return Ok(());
+                }
+            }
             if cleared > 0 {
                 // Threads are still taking the signal: keep yielding; sleep, resend and escalate
                 // only once none has for a while (they may block it).

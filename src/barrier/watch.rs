@@ -6,7 +6,9 @@
 //! front of that order and stops once [`WINDOW`] fields still refer: a barrier over thousands
 //! reads the fields just behind the delivering, a few per yield, instead of every pending field
 //! on every yield (which would take the CPU the signalled threads need) or none until all are
-//! done (which would leave the whole pass, a cache miss per thread, for the end). A suspect seen
+//! done (which would leave the whole pass, a cache miss per thread, for the end). When nothing
+//! changed near the front for a while (threads there block the signal, or wait for a CPU), the
+//! waiter looks at every field before it sleeps, resends or escalates. A suspect seen
 //! cleared is marked, not moved; [`Watch::compact`] closes the gaps before the suspects are
 //! signalled again or handed to another state.
 //!
@@ -42,12 +44,12 @@ impl Watch {
         self.left
     }
 
-    /// Looks at fields from the front until [`WINDOW`] of them still refer; returns how many it
-    /// saw cleared.
-    pub(super) fn look(&mut self, pending: &mut [Suspect], classify: &mut Classifier<'_>) -> usize {
+    /// Looks at fields from the front until `window` of them still refer ([`WINDOW`], or
+    /// `usize::MAX` for all); returns how many it saw cleared.
+    pub(super) fn look(&mut self, pending: &mut [Suspect], classify: &mut Classifier<'_>, window: usize) -> usize {
         let (mut referring, mut cleared) = (0, 0);
         let mut i = self.front;
-        while i < self.len && referring < WINDOW {
+        while i < self.len && referring < window {
             let s = &mut pending[i];
             if !seen_cleared(s) {
                 if classify.refers(read_cs(s.area)) {
