@@ -164,15 +164,14 @@ int rseqrt_signal(void);
  there): each one that did when the barrier looked has been changed by the thread's own
  kernel, so no kernel read of such a descriptor is in flight or left to come; critical
  sections in the range that were running are aborted. A thread that enters one of the range's
- critical sections during the call is still using the memory, which must not be freed then. -1 with errno: EINVAL (unknown flag, or `len` 0), ETIMEDOUT (a thread did not
- respond within `RSEQRT_TIMEOUT_MS`), EAGAIN (with `RSEQRT_CLEAR_SIGNAL_SAFE`, a thread could
- only be reached unsafely).
+ critical sections during the call is still using the memory, which must not be freed then.
+ -1 with errno: EINVAL (unknown flag, or `len` 0), ETIMEDOUT (a thread did not respond within
+ `RSEQRT_TIMEOUT_MS`), EAGAIN (with `RSEQRT_CLEAR_SIGNAL_SAFE`, a thread could only be reached
+ unsafely).
 
  Spec: the "rseq-clear" barrier proposed on LKML, January 2020 (README, "How the barrier works")
  */
-int rseqrt_clear(const void *addr,
-                 uintptr_t len,
-                 unsigned int flags);
+int rseqrt_clear(const void *addr, uintptr_t len, unsigned int flags);
 
 /*
  The barrier for every thread and every `rseq_cs`: when it returns 0, every thread's

@@ -132,9 +132,10 @@ pub extern "C" fn rseqrt_signal() -> c_int {
 /// there): each one that did when the barrier looked has been changed by the thread's own
 /// kernel, so no kernel read of such a descriptor is in flight or left to come; critical
 /// sections in the range that were running are aborted. A thread that enters one of the range's
-/// critical sections during the call is still using the memory, which must not be freed then. -1 with errno: EINVAL (unknown flag, or `len` 0), ETIMEDOUT (a thread did not
-/// respond within `RSEQRT_TIMEOUT_MS`), EAGAIN (with `RSEQRT_CLEAR_SIGNAL_SAFE`, a thread could
-/// only be reached unsafely).
+/// critical sections during the call is still using the memory, which must not be freed then.
+/// -1 with errno: EINVAL (unknown flag, or `len` 0), ETIMEDOUT (a thread did not respond within
+/// `RSEQRT_TIMEOUT_MS`), EAGAIN (with `RSEQRT_CLEAR_SIGNAL_SAFE`, a thread could only be reached
+/// unsafely).
 ///
 /// Spec: the "rseq-clear" barrier proposed on LKML, January 2020 (README, "How the barrier works")
 #[no_mangle]
