@@ -82,3 +82,61 @@ impl Watch {
         kept
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::descriptor::Target;
+    use super::*;
+    use crate::abi::RseqrtArea;
+
+    /// `n` areas whose `rseq_cs` is non-zero, and one suspect for each (thread ids 1..=n).
+    fn suspects(n: usize) -> (Vec<RseqrtArea>, Vec<Suspect>) {
+        let mut areas: Vec<RseqrtArea> = (0..n)
+            .map(|_| {
+                // SAFETY: the area is integers only; all-zero is a valid value.
+                let mut a: RseqrtArea = unsafe { core::mem::zeroed() };
+                a.rseq_cs = 0x1000;
+                a
+            })
+            .collect();
+        let pending = areas.iter_mut().enumerate().map(|(i, a)| Suspect { tid: i as i32 + 1, area: a }).collect();
+        (areas, pending)
+    }
+
+    /// What a thread's kernel does as it delivers the signal.
+    fn kernel_clears(s: &Suspect) {
+        // SAFETY: `s.area` points into the test's live vector of areas.
+        unsafe { core::ptr::addr_of_mut!((*s.area).rseq_cs).write_volatile(0) };
+    }
+
+    #[test]
+    fn looks_from_the_front_stops_at_the_window_and_compacts_in_order() {
+        let (_areas, mut pending) = suspects(40);
+        let mut classify = Classifier::new(Target::All);
+        let mut watch = Watch::new(40);
+        assert_eq!(watch.look(&mut pending, &mut classify, WINDOW), 0);
+        // The first five took the signal, and one far behind the window.
+        for i in [0, 1, 2, 3, 4, 30] {
+            kernel_clears(&pending[i]);
+        }
+        assert_eq!(watch.look(&mut pending, &mut classify, WINDOW), 5, "the one behind 16 referring fields is not read");
+        assert_eq!((watch.left(), watch.front), (35, 5));
+        assert_eq!(watch.look(&mut pending, &mut classify, usize::MAX), 1, "a look at every field finds it");
+        assert_eq!(watch.left(), 34);
+        // A hole inside the window, then the rest: the front moves only over a run of holes.
+        kernel_clears(&pending[6]);
+        assert_eq!(watch.look(&mut pending, &mut classify, WINDOW), 1);
+        assert_eq!(watch.front, 5);
+        let left = watch.compact(&mut pending);
+        assert_eq!(left, 33);
+        let tids: Vec<i32> = pending[..left].iter().map(|s| s.tid).collect();
+        let want: Vec<i32> = (6..=40).filter(|&t| t != 7 && t != 31).collect();
+        assert_eq!(tids, want, "the suspects left, in the order they were sent");
+        assert_eq!((watch.left(), watch.front), (33, 0));
+        for s in &pending[..left] {
+            kernel_clears(s);
+        }
+        assert_eq!(watch.look(&mut pending[..left], &mut classify, WINDOW), 33);
+        assert_eq!(watch.left(), 0);
+    }
+}
