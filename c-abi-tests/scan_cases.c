@@ -5,6 +5,7 @@
  *   scan_cases openhandle rseqrt COUNTER_PLUGIN OTHER_PLUGIN
  *   scan_cases dlopened rseqrt open|filtered COUNTER_PLUGIN OTHER_PLUGIN
  *   scan_cases forkreader rseqrt COUNTER_PLUGIN OTHER_PLUGIN
+ *   scan_cases forkgiveup rseqrt COUNTER_PLUGIN OTHER_PLUGIN
  *
  * Two threads run one critical section and block in read(): "program" with the descriptor in
  * this program's own .data (memory that stays mapped for the life of the process), "anonymous"
@@ -48,8 +49,10 @@
  * critical section tries again: the kernel clears the field then too). glibc before 2.35: no
  * _dl_find_object(), no plain reads: exit 4 (the test does not run it there).
  *
- * Exit: 0 passed; 1 a check failed; 2 setup; 3 no registered rseq area; 4 forkreader without
- * _dl_find_object(). */
+ * forkgiveup: see fork_give_up() below.
+ *
+ * Exit: 0 passed; 1 a check failed; 2 setup; 3 no registered rseq area; 4 forkreader or
+ * forkgiveup without _dl_find_object() (or _Fork()). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
@@ -297,6 +300,75 @@ static void dlopened(const char *counter_plugin, const char *other_plugin, int f
     idle_stop(&again);
 }
 
+/* forkgiveup: the child of _Fork() (glibc 2.34+), which runs no fork handler, keeps a reader
+ * count copied in flight. Its unload (rseqrt_dlclose of OTHER_PLUGIN) then waits for a reader that
+ * never leaves: it must give up after its bound (2 s, src/loaded.rs) and turn the plain reads off,
+ * not hang. Children are made one at a time until one shows that: with process_vm_readv refused,
+ * its next barrier can no longer read the descriptor the parent's reading thread held (its copy in
+ * the registry, a thread that does not exist in the child), so the barrier fails (ETIMEDOUT after
+ * RSEQRT_TIMEOUT_MS) instead of returning 0. A child still stuck after 15 s is killed and fails
+ * the test. Exit 4: no _Fork() or no _dl_find_object() (glibc before 2.35). */
+static void fork_give_up(const char *counter_plugin, const char *other_plugin)
+{
+    pid_t (*fork_raw)(void) = (pid_t (*)(void))dlsym(RTLD_DEFAULT, "_Fork");
+    if (!fork_raw || !dlsym(RTLD_DEFAULT, "_dl_find_object"))
+        die(4, "glibc has no _Fork() or no _dl_find_object() (2.34 and 2.35): nothing to test");
+    void *kept = dlopen(counter_plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!kept)
+        die(2, "dlopen %s: %s", counter_plugin, dlerror());
+    forkreader_inc = (int (*)(long *))dlsym(kept, "plugin_inc");
+    if (!forkreader_inc)
+        die(2, "dlsym plugin_inc: %s", dlerror());
+    pthread_t t;
+    if ((errno = pthread_create(&t, NULL, forkreader_loop, NULL)) != 0)
+        die(2, "pthread_create: %s", strerror(errno));
+    while (atomic_load(&forkreader_clears) < 1000)
+        sched_yield();
+    int children = 0, kept_on = 0, gave_up = 0, hung = 0, failed = 0;
+    while (children < 200 && !gave_up && !hung && !failed) {
+        children++;
+        pid_t pid = fork_raw();
+        if (pid < 0)
+            die(2, "_Fork: %s", strerror(errno));
+        if (pid == 0) {
+            if (refuse_syscall(SYS_process_vm_readv, EPERM, 0) != 0)
+                _exit(2);
+            void *other = dlopen(other_plugin, RTLD_NOW | RTLD_LOCAL);
+            if (!other || rseqrt_dlclose(other) != 0)
+                _exit(2);
+            int rc = rseqrt_clear(forkreader_unrelated, sizeof forkreader_unrelated, 0);
+            _exit(rc == 0 ? 0 : errno == ETIMEDOUT ? 1 : 2);
+        }
+        int status = 0;
+        double t0 = now_ms();
+        while (waitpid(pid, &status, WNOHANG) == 0) {
+            if (now_ms() - t0 > 15000) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                hung++;
+                break;
+            }
+            sleep_ms(5);
+        }
+        if (hung)
+            break;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) == 2)
+            failed++;
+        else if (WEXITSTATUS(status) == 1)
+            gave_up++;
+        else
+            kept_on++;
+    }
+    atomic_store(&forkreader_stop, 1);
+    pthread_join(t, NULL);
+    printf("%d _Fork() children: %d kept the plain reads, %d gave up on a reader left in flight\n", children, kept_on,
+           gave_up);
+    check(hung == 0, "no child's unload waited for ever for the reader it copied (%d killed after 15 s)", hung);
+    check(failed == 0, "no child failed to set up (%d did)", failed);
+    check(gave_up == 1, "a child that copied a reader in flight gave up waiting after its bound and turned the plain "
+          "reads off (its next barrier failed closed)");
+}
+
 int main(int argc, char **argv)
 {
     cases_start(argc, argv, "open|filtered [COUNTER_PLUGIN OTHER_PLUGIN] | COUNTER_PLUGIN OTHER_PLUGIN");
@@ -307,6 +379,11 @@ int main(int argc, char **argv)
     }
     if (!strcmp(scenario, "forkreader") && use_rseqrt && argc == 5) {
         fork_reader(argv[3], argv[4], 300);
+        printf("survived\n");
+        return 0;
+    }
+    if (!strcmp(scenario, "forkgiveup") && use_rseqrt && argc == 5) {
+        fork_give_up(argv[3], argv[4]);
         printf("survived\n");
         return 0;
     }

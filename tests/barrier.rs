@@ -311,6 +311,25 @@ fn fork_during_a_plain_read_of_a_loaded_object() {
     run_cases("fork during a plain read", &p.scan, &[case("forkreader", &[&counter, &other]).rseqrt_only()]);
 }
 
+/// An unload that waits for a reader that never leaves gives up after its bound (`src/loaded.rs`,
+/// 2 s) and turns the plain reads off, instead of hanging: in a `_Fork()` child (no fork handler
+/// resets the reader count it copied) of a process whose other thread keeps reading a loaded
+/// object's descriptor, `rseqrt_dlclose()` returns, and with `process_vm_readv` refused the next
+/// barrier fails closed (`scan_cases forkgiveup`; children are made until one copied a reader in
+/// flight). With the bound taken out, that child's unload never returns (killed after 15 s).
+/// Skipped, saying so, before glibc 2.35.
+#[test]
+fn unload_gives_up_on_a_reader_left_in_flight() {
+    let (a, b) = support::scenario::glibc_version();
+    if (a, b) < (2, 35) {
+        support::skip(&format!("forkgiveup: glibc {a}.{b} has no _dl_find_object() (2.35+), so rseqrt makes no plain reads to give up"));
+        return;
+    }
+    let p = programs();
+    let (counter, other) = (p.plugin.display().to_string(), p.plugin_clone.display().to_string());
+    run_cases("unload gives up", &p.scan, &[case("forkgiveup", &[&counter, &other]).rseqrt_only().env("RSEQRT_TIMEOUT_MS", "200")]);
+}
+
 /// 9. Signal interposers: sigfillset + pthread_sigmask / sigprocmask leave the reserved
 /// signal unblocked (SigBlk); sigaction() and signal() on its number set and report the
 /// program's own disposition while the kernel keeps rseqrt's handler (SigCgt), and a barrier
