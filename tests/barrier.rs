@@ -301,14 +301,23 @@ fn descriptors_in_dlopened_objects_cost_no_system_call() {
 /// Skipped, saying so, before glibc 2.35 (no plain reads there).
 #[test]
 fn fork_during_a_plain_read_of_a_loaded_object() {
+    if let Some(case) = plain_read_case("forkreader") {
+        run_cases("fork during a plain read", &programs().scan, &[case]);
+    }
+}
+
+/// The rseqrt row of a `scan_cases` scenario about plain reads of loaded objects (arguments: the
+/// counter plugin and its clone), or `None`, skipped saying so, before glibc 2.35: no
+/// `_dl_find_object()` there, so rseqrt makes no plain reads.
+fn plain_read_case(scenario: &'static str) -> Option<Case> {
     let (a, b) = support::scenario::glibc_version();
     if (a, b) < (2, 35) {
-        support::skip(&format!("forkreader: glibc {a}.{b} has no _dl_find_object() (2.35+), so rseqrt makes no plain reads to reset"));
-        return;
+        support::skip(&format!("{scenario}: glibc {a}.{b} has no _dl_find_object() (2.35+), so rseqrt makes no plain reads"));
+        return None;
     }
     let p = programs();
     let (counter, other) = (p.plugin.display().to_string(), p.plugin_clone.display().to_string());
-    run_cases("fork during a plain read", &p.scan, &[case("forkreader", &[&counter, &other]).rseqrt_only()]);
+    Some(case(scenario, &[&counter, &other]).rseqrt_only())
 }
 
 /// An unload that waits for a reader that never leaves gives up after its bound (`src/loaded.rs`,
@@ -320,14 +329,9 @@ fn fork_during_a_plain_read_of_a_loaded_object() {
 /// Skipped, saying so, before glibc 2.35.
 #[test]
 fn unload_gives_up_on_a_reader_left_in_flight() {
-    let (a, b) = support::scenario::glibc_version();
-    if (a, b) < (2, 35) {
-        support::skip(&format!("forkgiveup: glibc {a}.{b} has no _dl_find_object() (2.35+), so rseqrt makes no plain reads to give up"));
-        return;
+    if let Some(case) = plain_read_case("forkgiveup") {
+        run_cases("unload gives up", &programs().scan, &[case.env("RSEQRT_TIMEOUT_MS", "200")]);
     }
-    let p = programs();
-    let (counter, other) = (p.plugin.display().to_string(), p.plugin_clone.display().to_string());
-    run_cases("unload gives up", &p.scan, &[case("forkgiveup", &[&counter, &other]).rseqrt_only().env("RSEQRT_TIMEOUT_MS", "200")]);
 }
 
 /// 9. Signal interposers: sigfillset + pthread_sigmask / sigprocmask leave the reserved
