@@ -164,6 +164,35 @@ static void *forkreader_loop(void *arg)
     return NULL;
 }
 
+/* Starts the thread that loops barriers reading COUNTER_PLUGIN's descriptor with plain loads (its
+ * rseq_cs points there), once it has run 1,000 of them. */
+static pthread_t start_reader(const char *counter_plugin)
+{
+    void *kept = dlopen(counter_plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!kept)
+        die(2, "dlopen %s: %s", counter_plugin, dlerror());
+    forkreader_inc = (int (*)(long *))dlsym(kept, "plugin_inc");
+    if (!forkreader_inc)
+        die(2, "dlsym plugin_inc: %s", dlerror());
+    pthread_t t;
+    if ((errno = pthread_create(&t, NULL, forkreader_loop, NULL)) != 0)
+        die(2, "pthread_create: %s", strerror(errno));
+    while (atomic_load(&forkreader_clears) < 1000)
+        sched_yield();
+    return t;
+}
+
+/* In a forked child: refuses process_vm_readv to itself, then loads OTHER_PLUGIN and unloads it
+ * with rseqrt_dlclose() (an unload, which waits for readers); exit 2 if any of that fails. */
+static void child_unloads(const char *other_plugin)
+{
+    if (refuse_syscall(SYS_process_vm_readv, EPERM, 0) != 0)
+        _exit(2);
+    void *other = dlopen(other_plugin, RTLD_NOW | RTLD_LOCAL);
+    if (!other || rseqrt_dlclose(other) != 0)
+        _exit(2);
+}
+
 /* Context switches of the calling thread so far. */
 static long switches(void)
 {
@@ -202,28 +231,14 @@ static void fork_reader(const char *counter_plugin, const char *other_plugin, in
 {
     if (!dlsym(RTLD_DEFAULT, "_dl_find_object"))
         die(4, "glibc has no _dl_find_object(), so rseqrt makes no plain reads to reset (the test skips it)");
-    void *kept = dlopen(counter_plugin, RTLD_NOW | RTLD_LOCAL);
-    if (!kept)
-        die(2, "dlopen %s: %s", counter_plugin, dlerror());
-    forkreader_inc = (int (*)(long *))dlsym(kept, "plugin_inc");
-    if (!forkreader_inc)
-        die(2, "dlsym plugin_inc: %s", dlerror());
-    pthread_t t;
-    if ((errno = pthread_create(&t, NULL, forkreader_loop, NULL)) != 0)
-        die(2, "pthread_create: %s", strerror(errno));
-    while (atomic_load(&forkreader_clears) < 1000)
-        sched_yield();
+    pthread_t t = start_reader(counter_plugin);
     int cleared = 0, failed = 0, retried = 0;
     for (int i = 0; i < forks; i++) {
         pid_t pid = fork();
         if (pid < 0)
             die(2, "fork: %s", strerror(errno));
         if (pid == 0) {
-            if (refuse_syscall(SYS_process_vm_readv, EPERM, 0) != 0)
-                _exit(2);
-            void *other = dlopen(other_plugin, RTLD_NOW | RTLD_LOCAL);
-            if (!other || rseqrt_dlclose(other) != 0)
-                _exit(2);
+            child_unloads(other_plugin);
             _exit(forkreader_child_keeps_its_field());
         }
         int status;
@@ -313,17 +328,7 @@ static void fork_give_up(const char *counter_plugin, const char *other_plugin)
     pid_t (*fork_raw)(void) = (pid_t (*)(void))dlsym(RTLD_DEFAULT, "_Fork");
     if (!fork_raw || !dlsym(RTLD_DEFAULT, "_dl_find_object"))
         die(4, "glibc has no _Fork() or no _dl_find_object() (2.34 and 2.35): nothing to test");
-    void *kept = dlopen(counter_plugin, RTLD_NOW | RTLD_LOCAL);
-    if (!kept)
-        die(2, "dlopen %s: %s", counter_plugin, dlerror());
-    forkreader_inc = (int (*)(long *))dlsym(kept, "plugin_inc");
-    if (!forkreader_inc)
-        die(2, "dlsym plugin_inc: %s", dlerror());
-    pthread_t t;
-    if ((errno = pthread_create(&t, NULL, forkreader_loop, NULL)) != 0)
-        die(2, "pthread_create: %s", strerror(errno));
-    while (atomic_load(&forkreader_clears) < 1000)
-        sched_yield();
+    pthread_t t = start_reader(counter_plugin);
     int children = 0, kept_on = 0, gave_up = 0, hung = 0, failed = 0;
     while (children < 200 && !gave_up && !hung && !failed) {
         children++;
@@ -331,11 +336,7 @@ static void fork_give_up(const char *counter_plugin, const char *other_plugin)
         if (pid < 0)
             die(2, "_Fork: %s", strerror(errno));
         if (pid == 0) {
-            if (refuse_syscall(SYS_process_vm_readv, EPERM, 0) != 0)
-                _exit(2);
-            void *other = dlopen(other_plugin, RTLD_NOW | RTLD_LOCAL);
-            if (!other || rseqrt_dlclose(other) != 0)
-                _exit(2);
+            child_unloads(other_plugin);
             int rc = rseqrt_clear(forkreader_unrelated, sizeof forkreader_unrelated, 0);
             _exit(rc == 0 ? 0 : errno == ETIMEDOUT ? 1 : 2);
         }
