@@ -122,11 +122,13 @@ static inline void stale_wait_round(struct stale *st, int round)
         die(3, "stale thread %s has no registered rseq area (cpu_id < 0): nothing to show", st->name);
 }
 
-/* How stale_start creates its thread (unknown_cases.c: bypass swaps in glibc's own pthread_create,
- * namespace a second namespace's). */
-static int (*stale_creator)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) = pthread_create;
+/* A pthread_create: the program's (rseqrt's), or another (unknown_cases.c: glibc's own, or a
+ * second namespace's). */
+typedef int (*thread_creator)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
 
-static inline void stale_start(struct stale *st, enum stale_kind kind, const char *name, struct rseq_cs_desc *desc)
+/* stale_start with the thread created by CREATE. */
+static inline void stale_start_by(thread_creator create, struct stale *st, enum stale_kind kind, const char *name,
+                                  struct rseq_cs_desc *desc)
 {
     memset(st, 0, sizeof *st);
     st->kind = kind;
@@ -134,12 +136,17 @@ static inline void stale_start(struct stale *st, enum stale_kind kind, const cha
     atomic_store(&st->desc, desc);
     if (pipe(st->pipe) != 0)
         die(2, "pipe: %s", strerror(errno));
-    int e = stale_creator(&st->thread, NULL, stale_main, st);
+    int e = create(&st->thread, NULL, stale_main, st);
     if (e)
         die(2, "pthread_create: %s", strerror(e));
     stale_wait_round(st, 1);
     if (kind == ST_READ || kind == ST_SIGFILL || kind == ST_RAWBLOCK || kind == ST_MUTEX)
         wait_sleeping(st->tid, name);
+}
+
+static inline void stale_start(struct stale *st, enum stale_kind kind, const char *name, struct rseq_cs_desc *desc)
+{
+    stale_start_by(pthread_create, st, kind, name, desc);
 }
 
 /* Wakes a thread for another round with a new descriptor. */

@@ -125,9 +125,7 @@ static void sc_namespace(void)
     check(ns_create != dlsym(RTLD_DEFAULT, "pthread_create"), "the second namespace has a pthread_create of its own");
     struct rseq_cs_desc *p = desc_page();
     struct stale s;
-    stale_creator = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))ns_create;
-    stale_start(&s, ST_READ, "namespace", p);
-    stale_creator = pthread_create;
+    stale_start_by((thread_creator)ns_create, &s, ST_READ, "namespace", p);
     check(refers(stale_cs_now(&s), p, pagesz), "its thread holds a stale rseq_cs into the page");
     free_range(p, pagesz, "page"); /* plain: the thread's kernel reads the freed page when woken */
     if (use_rseqrt)
@@ -264,9 +262,7 @@ static void sc_bypass(void)
         check(glibc_create != dlsym(RTLD_DEFAULT, "pthread_create"), "glibc's pthread_create is not the one programs call (rseqrt's)");
     struct rseq_cs_desc *p = desc_page();
     struct stale s;
-    stale_creator = (int (*)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *))glibc_create;
-    stale_start(&s, ST_READ, "bypass", p);
-    stale_creator = pthread_create;
+    stale_start_by((thread_creator)glibc_create, &s, ST_READ, "bypass", p);
     pthread_t churn;
     if (pthread_create(&churn, NULL, bypass_churn, NULL) != 0)
         die(2, "pthread_create");
