@@ -12,7 +12,7 @@ pub extern "C" fn run() {
     thread::init_exit_hook();
     crate::config::load();
     real::resolve_all();
-    platform::note_clock();
+    platform::note_clock(crate::libc_private::libc_symbol(c"clock_gettime", c"GLIBC_2.17"));
     crate::census::init();
     crate::libc_private::init();
     crate::unmap::note_startup_objects();

@@ -46,9 +46,19 @@ const MAX_WALK: usize = 1 << 16;
 /// `found` entry of a thread id that matched two descriptors: trusted for neither.
 const AMBIGUOUS: usize = usize::MAX;
 
-fn lookup(libc_handle: *mut libc::c_void, name: &CStr) -> *mut libc::c_void {
-    // SAFETY: a handle from dlopen and NUL-terminated names.
-    unsafe { libc::dlvsym(libc_handle, name.as_ptr(), c"GLIBC_PRIVATE".as_ptr()) }
+/// The C library's own definition of `name` at `version` (`dlvsym` on the loaded libc.so.6: never
+/// an interposer's, nor a PLT slot), as an address; 0 if it has none. Constructor time only:
+/// `dlopen` and `dlvsym` are not async-signal-safe.
+pub fn libc_symbol(name: &CStr, version: &CStr) -> usize {
+    // SAFETY: NUL-terminated names; RTLD_NOLOAD only takes a reference to the C library already
+    // loaded, and the handle is never closed.
+    unsafe {
+        let libc_handle = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+        if libc_handle.is_null() {
+            return 0;
+        }
+        libc::dlvsym(libc_handle, name.as_ptr(), version.as_ptr()) as usize
+    }
 }
 
 /// Where glibc keeps the facts: addresses of its thread count, of libthread_db's two
@@ -63,12 +73,7 @@ struct Facts {
 /// glibc 2.34 and later: `GLIBC_PRIVATE` symbols of libc.so.6; the list heads are fields of
 /// ld.so's `_rtld_global`, at offsets that libthread_db's descriptors give.
 fn facts_from_libc() -> Option<Facts> {
-    // SAFETY: RTLD_NOLOAD only takes a reference to the loaded C library; never closed.
-    let libc_handle = unsafe { libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
-    if libc_handle.is_null() {
-        return None;
-    }
-    let sym = |name: &CStr| lookup(libc_handle, name) as usize;
+    let sym = |name: &CStr| libc_symbol(name, c"GLIBC_PRIVATE");
     let rtld_global = sym(c"_rtld_global");
     let used = descriptor_offset(sym(c"_thread_db_rtld_global__dl_stack_used"), 128);
     let user = descriptor_offset(sym(c"_thread_db_rtld_global__dl_stack_user"), 128);

@@ -2,10 +2,10 @@
 //!
 //! Guarantees for every function here: async-signal-safe, no allocation, no lock, no PLT call,
 //! `errno` untouched (errors come back as `Err(Errno)`). That makes them usable from the
-//! relocation-time resolver, signal handlers, thread start/exit and the `munmap` path. Two
-//! exceptions: once the constructor has run, [`monotonic_ns`] calls the C library's own
-//! `clock_gettime` (the vDSO: no system call) through a pointer (see there), which
-//! [`note_clock`] looks up with `dlopen`/`dlvsym` (constructor only).
+//! relocation-time resolver, signal handlers, thread start/exit and the `munmap` path. One
+//! exception: once the constructor has run, [`monotonic_ns`] calls the C library's own
+//! `clock_gettime` (the vDSO: no system call) through the pointer the constructor found and
+//! handed to [`note_clock`].
 
 use crate::arch::syscall6;
 
@@ -183,24 +183,14 @@ pub unsafe fn munmap(addr: *mut u8, len: usize) -> SysResult<()> {
     unsafe { sys!(libc::SYS_munmap, addr, len) }.map(drop)
 }
 
-/// glibc's own `clock_gettime` (found with `dlvsym` on libc.so.6 by [`note_clock`], so neither
-/// an interposer of the program's, such as libfaketime, nor a PLT slot); 0 until then.
+/// glibc's own `clock_gettime` (given by [`note_clock`]: found with `dlvsym` on libc.so.6, so
+/// neither an interposer of the program's, such as libfaketime, nor a PLT slot); 0 until then.
 static CLOCK_GETTIME: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
-/// Looks up glibc's `clock_gettime` (constructor time: `dlopen` and `dlvsym` are not
-/// async-signal-safe).
-pub fn note_clock() {
-    // SAFETY: NUL-terminated names; RTLD_NOLOAD only finds the C library already loaded, and the
-    // handle is never closed (it only adds a reference).
-    let f = unsafe {
-        let libc_handle = libc::dlopen(c"libc.so.6".as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
-        if libc_handle.is_null() {
-            core::ptr::null_mut()
-        } else {
-            libc::dlvsym(libc_handle, c"clock_gettime".as_ptr(), c"GLIBC_2.17".as_ptr())
-        }
-    };
-    CLOCK_GETTIME.store(f as usize, core::sync::atomic::Ordering::Relaxed);
+/// Makes [`monotonic_ns`] call `clock_gettime`, glibc's own function at that address (the
+/// constructor looks it up: `libc_private::libc_symbol`); 0 leaves the system call.
+pub fn note_clock(clock_gettime: usize) {
+    CLOCK_GETTIME.store(clock_gettime, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds. After the constructor, glibc's own function,
