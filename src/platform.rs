@@ -222,6 +222,18 @@ pub fn monotonic_ns() -> u64 {
     }
 }
 
+/// How many CPUs the calling thread may run on (`sched_getaffinity(2)`, counted); 1 if the
+/// kernel's mask does not fit 4,096 CPUs.
+pub fn cpus_allowed() -> usize {
+    let mut mask = [0u64; 64];
+    // SAFETY: `mask` is a live local of the length passed; the kernel writes at most that much.
+    match unsafe { sys!(libc::SYS_sched_getaffinity, 0, core::mem::size_of_val(&mask), mask.as_mut_ptr()) } {
+        // The kernel returns how many bytes it wrote.
+        Ok(len) => mask[..len.min(512) / 8].iter().map(|w| w.count_ones() as usize).sum::<usize>().max(1),
+        Err(_) => 1,
+    }
+}
+
 /// `sched_yield(2)`.
 pub fn sched_yield() {
     // SAFETY: no arguments.
@@ -544,4 +556,20 @@ pub fn parse_hex(digits: &[u8]) -> Option<u64> {
         return None;
     }
     digits.iter().try_fold(0u64, |acc, &d| Some(acc << 4 | (d as char).to_digit(16)? as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    /// [`super::cpus_allowed`] counts what the C library's `sched_getaffinity` reports.
+    #[test]
+    fn cpus_allowed_counts_the_affinity_mask() {
+        // SAFETY: an all-zero cpu_set_t is an empty set; the call writes at most its size.
+        let libc_count = unsafe {
+            let mut set: libc::cpu_set_t = core::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+            libc::CPU_COUNT(&set) as usize
+        };
+        assert!(libc_count >= 1);
+        assert_eq!(super::cpus_allowed(), libc_count);
+    }
 }

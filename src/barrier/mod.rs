@@ -86,6 +86,15 @@ const EXPEDITE_MAX: usize = 16;
 /// long, then sleep in growing steps. A sleep is rounded up by the timer slack (50 us by
 /// default), more than a delivery takes.
 const YIELD_NS: u64 = 200_000;
+/// ... except while more than this many per CPU are still to take it: then the waiter sleeps for
+/// [`CROWD_SLEEP_NS`] instead of yielding. A yielding waiter keeps its CPU, and threads that
+/// have slept for long are all woken onto the other CPUs; a sleeping one leaves its CPU to them
+/// (measured on 2 CPUs, 1,000 stale threads, against the naive broadcast, which yields: 0.98-1.00x
+/// before, 0.95-0.96x after; back-to-back barriers, which spread the threads over both CPUs,
+/// equal). With fewer left, their deliveries take less than a sleep's timer slack.
+const CROWD_PER_CPU: usize = 16;
+/// The waiter's sleep while a crowd is still to take the signal (plus the timer slack).
+const CROWD_SLEEP_NS: u64 = 50_000;
 /// Resend to threads that have not yet taken the signal once none has for this long.
 const RESEND_NS: u64 = 10_000_000;
 /// Once no thread has taken the signal for this long, the rest are assumed to block it.
@@ -303,6 +312,8 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
     let pid = platform::getpid();
     others_first(pending);
     let mut left = pending.len();
+    // The system call only when a crowd is possible at all.
+    let crowd = if left > CROWD_PER_CPU { CROWD_PER_CPU.saturating_mul(platform::cpus_allowed()) } else { usize::MAX };
     let mut pause_ns = 20_000;
     let mut yield_until = platform::monotonic_ns().saturating_add(YIELD_NS);
     // Resending and escalating count from the last progress, not from the start: thousands of
@@ -377,7 +388,11 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
                 break;
             }
             if now < yield_until {
-                platform::sched_yield();
+                if watch.left() > crowd {
+                    platform::sleep_ns(CROWD_SLEEP_NS);
+                } else {
+                    platform::sched_yield();
+                }
             } else if !expedited && watch.left() <= EXPEDITE_MAX {
                 expedited = true;
                 left = watch.compact(&mut pending[..left]);
