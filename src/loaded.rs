@@ -225,16 +225,16 @@ struct Known {
     segs: [(AtomicUsize, AtomicUsize); SEGMENTS],
 }
 
-const UNUSED: Known = Known {
-    seq: AtomicU64::new(0),
-    map: AtomicUsize::new(0),
-    start: AtomicUsize::new(0),
-    stop: AtomicUsize::new(0),
-    eh_frame: AtomicUsize::new(0),
-    segs: [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; SEGMENTS],
-};
-
-static KNOWN: [Known; OBJECTS] = [UNUSED; OBJECTS];
+static KNOWN: [Known; OBJECTS] = [const {
+    Known {
+        seq: AtomicU64::new(0),
+        map: AtomicUsize::new(0),
+        start: AtomicUsize::new(0),
+        stop: AtomicUsize::new(0),
+        eh_frame: AtomicUsize::new(0),
+        segs: [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; SEGMENTS],
+    }
+}; OBJECTS];
 /// Taken by a writer of [`KNOWN`] (a reader learning an object): a try-lock.
 static WRITING: AtomicUsize = AtomicUsize::new(0);
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -279,12 +279,10 @@ fn learn(start: usize, stop: usize) -> Option<[(usize, usize); SEGMENTS]> {
         return None; // the header, or the program headers, are not where this reads them
     }
     let mut segs = [(0usize, 0usize); SEGMENTS];
-    let mut n = 0;
-    for ph in loads.by_ref().filter(|ph| ph.p_flags & libc::PF_R != 0) {
+    for (n, ph) in loads.by_ref().filter(|ph| ph.p_flags & libc::PF_R != 0).enumerate() {
         let a = start.checked_add(ph.p_vaddr as usize)?;
         let b = a.checked_add(ph.p_memsz as usize)?.min(stop);
         *segs.get_mut(n)? = (a, b);
-        n += 1;
     }
     Some(segs)
 }
