@@ -86,12 +86,14 @@ const EXPEDITE_MAX: usize = 16;
 /// long, then sleep in growing steps. A sleep is rounded up by the timer slack (50 us by
 /// default), more than a delivery takes.
 const YIELD_NS: u64 = 200_000;
-/// ... except while more than this many per CPU are still to take it: then the waiter sleeps for
-/// [`CROWD_SLEEP_NS`] instead of yielding. A yielding waiter keeps its CPU, and threads that
-/// have slept for long are all woken onto the other CPUs; a sleeping one leaves its CPU to them
-/// (measured on 2 CPUs, 1,000 stale threads, against the naive broadcast, which yields: 0.98-1.00x
-/// before, 0.95-0.96x after; back-to-back barriers, which spread the threads over both CPUs,
-/// equal). With fewer left, their deliveries take less than a sleep's timer slack.
+/// ... except while more than this many per CPU (the CPUs the waiter may run on, standing for
+/// the process's) are still to take it: then the waiter sleeps for [`CROWD_SLEEP_NS`] instead of
+/// yielding. A yielding waiter keeps its CPU, and threads that have slept for long are all woken
+/// onto the other CPUs; a sleeping one leaves its CPU to them (measured on 2 CPUs, 1,000 stale
+/// threads, against the naive broadcast, which yields: 0.98-1.00x before, 0.95-0.96x after;
+/// back-to-back barriers, which spread the threads over both CPUs, equal). With fewer left,
+/// their deliveries take less than a sleep's timer slack. Where the CPUs cannot be counted, the
+/// waiter always yields.
 const CROWD_PER_CPU: usize = 16;
 /// The waiter's sleep while a crowd is still to take the signal (plus the timer slack).
 const CROWD_SLEEP_NS: u64 = 50_000;
@@ -313,7 +315,10 @@ fn signal_and_wait(pending: &mut [Suspect], classify: &mut Classifier<'_>, deadl
     others_first(pending);
     let mut left = pending.len();
     // The system call only when a crowd is possible at all.
-    let crowd = if left > CROWD_PER_CPU { CROWD_PER_CPU.saturating_mul(platform::cpus_allowed()) } else { usize::MAX };
+    let crowd = (sig != 0 && left > CROWD_PER_CPU)
+        .then(platform::cpus_allowed)
+        .and_then(Result::ok)
+        .map_or(usize::MAX, |cpus| CROWD_PER_CPU.saturating_mul(cpus));
     let mut pause_ns = 20_000;
     let mut yield_until = platform::monotonic_ns().saturating_add(YIELD_NS);
     // Resending and escalating count from the last progress, not from the start: thousands of

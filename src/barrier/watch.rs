@@ -4,13 +4,13 @@
 //!
 //! Suspects take the signal roughly in the order they were sent it, so each look starts at the
 //! front of that order and stops once [`WINDOW`] fields still refer: a barrier over thousands
-//! reads the fields just behind the delivering, a few per yield, instead of every pending field
-//! on every yield (which would take the CPU the signalled threads need) or none until all are
-//! done (which would leave the whole pass, a cache miss per thread, for the end). When nothing
-//! changed near the front for a while (threads there block the signal, or wait for a CPU), the
-//! waiter looks at every field before it sleeps, resends or escalates. A suspect seen
-//! cleared is marked, not moved; [`Watch::compact`] closes the gaps before the suspects are
-//! signalled again or handed to another state.
+//! reads the fields just behind the delivering, a few per yield (or per short sleep while many
+//! are left), instead of every pending field each time (which would take the CPU the signalled
+//! threads need) or none until all are done (which would leave the whole pass, a cache miss per
+//! thread, for the end). When nothing changed near the front for a while (threads there block
+//! the signal, or wait for a CPU), the waiter looks at every field before it sleeps, resends or
+//! escalates. A suspect seen cleared is marked, not moved; [`Watch::compact`] closes the gaps
+//! before the suspects are signalled again or handed to another state.
 //!
 //! Guarantees: async-signal-safe, allocation-free (it works in the caller's array).
 
