@@ -152,7 +152,9 @@ fn bad_input_loses_nothing() {
 /// RSEQRT_TIMEOUT_MS=200, rseqrt_munmap fails with ETIMEDOUT after ~200 ms, the page stays
 /// mapped with the descriptor intact; woken, the thread survives (plain munmap: SIGSEGV).
 /// Also: a pthread that blocks the reserved signal with the raw syscall IS reached (glibc's
-/// broadcast after 20 ms).
+/// broadcast after 20 ms); once setresuid() is refused to every thread (seccomp), the broadcast
+/// and the barrier over a second one fail (EPERM), the page stays mapped: the broadcast, not the
+/// time, is what reached the first.
 #[test]
 fn failed_barrier_frees_nothing() {
     run_cases(
