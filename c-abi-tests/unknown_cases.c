@@ -230,6 +230,10 @@ static void sc_rawmask(void)
             die(2, "seccomp filter refusing setresuid: %s", strerror(errno));
         struct rseq_cs_desc *q = desc_page();
         stale_start(&s, ST_RAWBLOCK, "rawblock-2", q);
+        /* Asleep now, it keeps its field until woken; switched out before it slept, its kernel
+         * has cleared it, and the barrier would have nothing to do. */
+        if (!refers(atomic_load(&s.area)->rseq_cs, q, pagesz))
+            die(9, "inconclusive: the second thread's rseq_cs was cleared before the barrier");
         int rc = rseqrt_munmap(q, pagesz), e = errno;
         check(rc == -1 && e == EPERM,
               "with glibc's broadcast refused (setresuid: EPERM), rseqrt_munmap over a second such thread = %d, "
