@@ -41,8 +41,13 @@ static inline int refuse_syscall(long nr, unsigned err, int all_threads)
     /* Required to install a filter without CAP_SYS_ADMIN; also harmless as root. */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return -1;
-    if (all_threads)
-        return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) == 0 ? 0 : -1;
+    if (all_threads) {
+        long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog);
+        /* A positive result is the id of a thread that could not take the filter (errno unset). */
+        if (r > 0)
+            errno = EBUSY;
+        return r == 0 ? 0 : -1;
+    }
     return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
 }
 

@@ -223,6 +223,10 @@ static void sc_rawmask(void)
     unsigned long long blk = status_mask(s.tid, "SigBlk");
     check(has_sig(blk, rseqrt_signal()), "the thread blocks the reserved signal %d (SigBlk %016llx)",
           rseqrt_signal(), blk);
+    /* Asleep now, it keeps its field until woken; switched out before it slept, its kernel has
+     * cleared it, and there would be nothing to reach (or, plain, nothing to crash on). */
+    if (!refers(atomic_load(&s.area)->rseq_cs, p, pagesz))
+        die(9, "inconclusive: the thread's rseq_cs was cleared before the barrier");
     free_range(p, pagesz, "page");
     stale_finish(&s);
     if (use_rseqrt) {
@@ -230,8 +234,7 @@ static void sc_rawmask(void)
             die(2, "seccomp filter refusing setresuid: %s", strerror(errno));
         struct rseq_cs_desc *q = desc_page();
         stale_start(&s, ST_RAWBLOCK, "rawblock-2", q);
-        /* Asleep now, it keeps its field until woken; switched out before it slept, its kernel
-         * has cleared it, and the barrier would have nothing to do. */
+        /* As above: the barrier must have a stale field to reach. */
         if (!refers(atomic_load(&s.area)->rseq_cs, q, pagesz))
             die(9, "inconclusive: the second thread's rseq_cs was cleared before the barrier");
         int rc = rseqrt_munmap(q, pagesz), e = errno;
