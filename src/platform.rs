@@ -229,7 +229,8 @@ pub fn cpus_allowed() -> SysResult<usize> {
     // SAFETY: `mask` is a live local of the length passed; the kernel writes at most that much.
     let written = unsafe { sys!(libc::SYS_sched_getaffinity, 0, core::mem::size_of_val(&mask), mask.as_mut_ptr()) }?;
     // The kernel returns how many bytes it wrote (whole words).
-    Ok(mask[..written.min(512) / 8].iter().map(|w| w.count_ones() as usize).sum())
+    let words = written.min(core::mem::size_of_val(&mask)) / 8;
+    Ok(mask[..words].iter().map(|w| w.count_ones() as usize).sum())
 }
 
 /// `sched_yield(2)`.

@@ -10,13 +10,14 @@
 //! running critical section, then clear the field) before the handler runs. For the barrier's
 //! requests ([`request`]) the handler at most acknowledges, as the request says ([`Ack`]): not
 //! at all when the barrier watches the thread's `rseq_cs` (the common case: the handler then
-//! writes no memory, since a store every handler makes to one shared line costs the woken threads
-//! more than the naive broadcast's handlers pay), or by recording the current acknowledgement
-//! generation in the thread's registry slot, or in a cell of its thread id for rounds that know
-//! a thread by its id only. Every other signal of the number goes to the program's disposition. It is
-//! installed with `SA_RESTART`, so interrupted system calls resume (calls that never restart, such as `sigtimedwait()`,
-//! `nanosleep()` or `epoll_wait()`, return EINTR, as with glibc's own SIGSETXID), and it makes
-//! no call that sets `errno`: async-signal-safe, allocation-free, errno kept.
+//! writes no memory, since a store every handler makes to one shared line costs the woken
+//! threads more than the naive broadcast's handlers pay), or by recording the current
+//! acknowledgement generation in the thread's registry slot, or in a cell of its thread id for
+//! rounds that know a thread by its id only. Every other signal of the number goes to the
+//! program's disposition. It is installed with `SA_RESTART`, so interrupted system calls resume
+//! (calls that never restart, such as `sigtimedwait()`, `nanosleep()` or `epoll_wait()`, return
+//! EINTR, as with glibc's own SIGSETXID), and it makes no call that sets `errno`:
+//! async-signal-safe, allocation-free, errno kept.
 
 use crate::real::{self, Next};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::{Relaxed, SeqCst}};

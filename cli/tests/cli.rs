@@ -272,9 +272,9 @@ fn check_idle(j: &Value, counts: &[&str]) {
             // Every idle thread held the state's value when it was set up (`info_held_max`). A
             // pair's call may still wake one now and then: 1 of 1,000 threads, once in about 75
             // quick runs (and with the previous library too; cause not found: with no stale
-            // thread the calls send no signal). The benchmark puts the state
-            // back before the next pair (`info_restored`), so every pair starts in it; the fewest
-            // holding at a repetition's end (`info_held_min`) may then be one short.
+            // thread the calls send no signal). The benchmark puts the state back before the next
+            // pair (`info_restored`), so every pair starts in it; the fewest holding at a
+            // repetition's end (`info_held_min`) may then be one short.
             let want: f64 = if state == "zero" { 0.0 } else { threads.parse().unwrap() };
             for process in ["linked", "preloaded"] {
                 let p = get(cell, process);

@@ -32,15 +32,9 @@ pub fn only_lasting_memory_referred(stays: Option<&dyn Fn(*const LinkMap) -> boo
     let lasts = |value: u64| {
         permanent_value(value) || stays.is_some_and(|stays| loaded::refers_only_within_object(value as usize, stays))
     };
-    // The last value judged (most threads hold the same one, and it lasted), and whether the
-    // caller's own value lasts.
-    let (mut last, mut ok) = (0u64, true);
-    let mine = read_cs(state::current_area());
-    if mine != 0 {
-        ok = lasts(mine);
-        last = mine;
-    }
-    if !ok {
+    // The last value judged, which lasted (most threads hold the same one): first the caller's.
+    let mut last = read_cs(state::current_area());
+    if last != 0 && !lasts(last) {
         return false;
     }
     let guard = ReadGuard::new();
